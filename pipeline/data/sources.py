@@ -1,0 +1,121 @@
+"""Raw dataset layouts: which files are the inputs of each split, and their labels.
+
+ImageNet's layout: `<root>/train/<class>/*` and either `<root>/val/<class>/*` or the official
+flat `<root>/val/*` labelled by `LOC_val_solution.csv` (in the root or its parent). With no
+`val/` at all, a seeded `val_fraction` of each class of train is held out.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import random
+import re
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+from pipeline.data.fs import filesystem
+from pipeline.errors import UserError
+
+VAL_CSV = "LOC_val_solution.csv"
+
+
+@dataclass(frozen=True)
+class RawFile:
+    path: str  # as the filesystem names it
+    label: int  # -1: not a known class (skipped, with that reason)
+    key: str  # webdataset __key__: unique, no dots
+
+
+def _key(class_name: str, path: str) -> str:
+    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{class_name}-{stem}")
+
+
+def _list_dir(fs: pafs.FileSystem, path: str, is_candidate) -> tuple[list[str], list[str]]:
+    """(candidate files, subfolders) of one folder."""
+    files, dirs = [], []
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory:
+            dirs.append(info.path)
+        elif info.type == pafs.FileType.File and is_candidate(info.base_name):
+            files.append(info.path)
+    return sorted(files), sorted(dirs)
+
+
+def _list_class_dirs(fs, jobs, is_candidate) -> dict[tuple[str, str], list[str]]:
+    """List many class folders at once with Ray Data (one task per folder) when there are many."""
+    if len(jobs) <= 64:  # a local listing of a few folders beats starting tasks
+        return {(s, c): _list_dir(fs, d, is_candidate)[0] for s, c, d in jobs}
+    import ray
+
+    def list_one(row: dict) -> dict:
+        files, _ = _list_dir(fs, row["dir"], is_candidate)
+        return {"split": row["split"], "cls": row["cls"], "files": files}
+
+    rows = [{"split": s, "cls": c, "dir": d} for s, c, d in jobs]
+    listed = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200)).map(list_one).take_all()
+    return {(r["split"], r["cls"]): list(r["files"]) for r in listed}
+
+
+def _read_val_csv(fs, root: str) -> dict[str, str]:
+    parent = root.rsplit("/", 1)[0]
+    for folder in (root, parent):
+        path = f"{folder}/{VAL_CSV}"
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            with fs.open_input_stream(path) as f:
+                rows = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8"))
+                try:
+                    return {r["ImageId"]: r["PredictionString"].split()[0] for r in rows}
+                except (KeyError, IndexError):
+                    raise UserError(f"{path}: expected columns ImageId,PredictionString") from None
+    raise UserError(f"{root}/val holds images but no class folders, and no {VAL_CSV} labels them")
+
+
+def check_root(root: str) -> None:
+    """Fail fast, before any cluster work, on a root that is not an ImageNet-layout folder."""
+    fs, base = filesystem(root)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise UserError(f"data.root does not exist or is not a folder: {root}")
+    if fs.get_file_info(f"{base}/train").type != pafs.FileType.Directory:
+        raise UserError(f"data.root has no train/ folder (expected <root>/train/<class>/*): {root}")
+
+
+def list_imagenet_layout(root: str, val_fraction: float, seed: int, is_candidate):
+    """-> (classes, {"train": [RawFile], "val": [RawFile]})."""
+    check_root(root)
+    fs, base = filesystem(root)
+    _, train_dirs = _list_dir(fs, f"{base}/train", is_candidate)
+    if not train_dirs:
+        raise UserError(f"data.root has no train/<class>/ folders: {root}")
+    classes = [d.rsplit("/", 1)[-1] for d in train_dirs]
+    index = {c: i for i, c in enumerate(classes)}
+    val_files, val_dirs = _list_dir(fs, f"{base}/val", is_candidate)
+
+    jobs = [("train", c, d) for c, d in zip(classes, train_dirs)]
+    jobs += [("val", d.rsplit("/", 1)[-1], d) for d in val_dirs]
+    listed = _list_class_dirs(fs, jobs, is_candidate)
+
+    splits: dict[str, list[RawFile]] = {"train": [], "val": []}
+    rng = random.Random(seed)
+    have_val = bool(val_files or val_dirs)
+    for c in classes:
+        files = listed[("train", c)]
+        if not have_val:  # hold out a seeded fraction of every class
+            files = files[:]
+            rng.shuffle(files)
+            n_val = round(len(files) * val_fraction) if len(files) > 1 else 0
+            splits["val"] += [RawFile(p, index[c], _key(c, p)) for p in sorted(files[:n_val])]
+            files = sorted(files[n_val:])
+        splits["train"] += [RawFile(p, index[c], _key(c, p)) for p in files]
+    for d in val_dirs:
+        c = d.rsplit("/", 1)[-1]
+        splits["val"] += [RawFile(p, index.get(c, -1), _key(c, p)) for p in listed[("val", c)]]
+    if val_files:
+        labels = _read_val_csv(fs, base)
+        for p in val_files:
+            c = labels.get(p.rsplit("/", 1)[-1].rsplit(".", 1)[0], "")
+            splits["val"].append(RawFile(p, index.get(c, -1), _key(c or "unlabelled", p)))
+    if not any(splits.values()):
+        raise UserError(f"data.root holds no image files: {root}")
+    return classes, splits
