@@ -1,0 +1,127 @@
+"""The VQ-VAE of van den Oord et al. 2017 (arXiv 1711.00937), for 1-, 2- or 3-D data.
+
+    model = VQVAE(in_channels=3, spatial_dims=2)       # ImageNet: 128x128 -> 32x32 codes
+    x_recon, vq_out = model(x)
+    loss = F.mse_loss(x_recon, x) + vq_out.loss         # eq. 3 with a Gaussian decoder
+    codes = model.encode(x)                             # (B, *latent_shape) int64
+    x_recon = model.decode_indices(codes)
+
+Section 4.2: the encoder is strided 4x4 convs (stride 2) and two residual blocks (ReLU, 3x3 conv,
+ReLU, 1x1 conv) of 256 hidden units; the decoder mirrors it with transposed convs. Speech uses six
+downsamplings, video 3-D convs; only `spatial_dims` and `num_downsamples` change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.models.quantizer import VectorQuantizer, VQOutput
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+
+
+class ResidualBlock(nn.Module):
+    """x + conv1x1(relu(conv3x3(relu(x))))."""
+
+    def __init__(self, conv: type[nn.Module], channels: int, res_channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReLU(),
+            conv(channels, res_channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            conv(res_channels, channels, kernel_size=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+class VQVAE(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        hidden: int = 256,
+        res_hidden: int | None = None,
+        num_res_blocks: int = 2,
+        num_downsamples: int = 2,
+        codebook_size: int = 512,
+        code_dim: int = 64,
+        beta: float = 0.25,
+        ema: bool = False,
+        decay: float = 0.99,
+        dead_code_steps: int = 0,
+        spatial_dims: int = 2,
+    ):
+        super().__init__()
+        if spatial_dims not in _CONV:
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
+        if num_downsamples < 1:
+            raise ValueError(f"num_downsamples must be >= 1, got {num_downsamples}")
+        self.config: dict[str, Any] = dict(
+            in_channels=in_channels, hidden=hidden, res_hidden=res_hidden,
+            num_res_blocks=num_res_blocks, num_downsamples=num_downsamples,
+            codebook_size=codebook_size, code_dim=code_dim, beta=beta, ema=ema, decay=decay,
+            dead_code_steps=dead_code_steps, spatial_dims=spatial_dims,
+        )  # fmt: skip
+        self.spatial_dims, self.num_downsamples = spatial_dims, num_downsamples
+        conv, conv_t = _CONV[spatial_dims], _CONV_TRANSPOSE[spatial_dims]
+        res_hidden = hidden if res_hidden is None else res_hidden  # the paper: all 256
+
+        encoder: list[nn.Module] = []
+        for i in range(num_downsamples):
+            if i > 0:
+                encoder.append(nn.ReLU())
+            encoder.append(conv(in_channels if i == 0 else hidden, hidden, 4, stride=2, padding=1))
+        encoder += [ResidualBlock(conv, hidden, res_hidden) for _ in range(num_res_blocks)]
+        encoder += [nn.ReLU(), conv(hidden, code_dim, kernel_size=1)]
+        self.encoder = nn.Sequential(*encoder)
+
+        self.vq = VectorQuantizer(
+            codebook_size, code_dim, beta=beta, ema=ema, decay=decay,
+            dead_code_steps=dead_code_steps,
+        )  # fmt: skip
+
+        decoder: list[nn.Module] = [conv(code_dim, hidden, kernel_size=3, padding=1)]
+        decoder += [ResidualBlock(conv, hidden, res_hidden) for _ in range(num_res_blocks)]
+        decoder.append(nn.ReLU())
+        for i in range(num_downsamples):
+            last = i == num_downsamples - 1
+            decoder.append(conv_t(hidden, in_channels if last else hidden, 4, stride=2, padding=1))
+            if not last:
+                decoder.append(nn.ReLU())
+        # No output activation: the reconstruction lives in the input's normalised space.
+        self.decoder = nn.Sequential(*decoder)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> VQVAE:
+        return cls(**config)
+
+    def latent_shape(self, input_shape: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+        """Latent grid for an input of spatial shape `input_shape` (no batch or channel dim)."""
+        if len(input_shape) != self.spatial_dims:
+            raise ValueError(f"expected {self.spatial_dims} spatial sizes, got {input_shape}")
+        shape = tuple(input_shape)
+        for _ in range(self.num_downsamples):
+            shape = tuple((size + 2 * 1 - 4) // 2 + 1 for size in shape)  # k=4, s=2, p=1
+        if min(shape) < 1:
+            raise ValueError(
+                f"input {tuple(input_shape)} is too small for {self.num_downsamples} downsamplings"
+            )
+        return shape
+
+    def forward(self, x: Tensor) -> tuple[Tensor, VQOutput]:
+        vq_out = self.vq(self.encoder(x))
+        return self.decoder(vq_out.quantized), vq_out
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Code indices (B, *latent_shape); never updates the codebook, even in training mode."""
+        return self.vq.nearest(self.encoder(x))
+
+    @torch.no_grad()
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        return self.decoder(self.vq.embed(indices))
