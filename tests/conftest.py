@@ -56,3 +56,27 @@ def run_job(script: str, *args: str, timeout: float = 300, env: dict | None = No
         capture_output=True, text=True, timeout=timeout, cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+
+
+TINY_STAGE1 = {"steps": 60, "batch_size": 32, "hidden": 32, "codebook_size": 32, "code_dim": 16,
+               "num_res_blocks": 1, "lr": 1e-3, "checkpoint_every": 20, "val_every": 30, "log_every": 5,
+               "ema": True, "dead_code_steps": 20}
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory, ray_local, demo_raw) -> Path:
+    """The small demo set sharded once (16x16); tests copy it into their own workdir."""
+    from pipeline.config import load_settings
+    from pipeline.data.shard import shard_dataset
+
+    tmp = tmp_path_factory.mktemp("shards")
+    shard_dataset(load_settings(write_config(tmp / "c.yaml", tmp / "w", demo_raw)))
+    return tmp / "w" / "shards" / "t"
+
+
+def workdir_with_shards(tmp_path: Path, demo_shards: Path) -> Path:
+    import shutil
+
+    work = tmp_path / "w"
+    shutil.copytree(demo_shards, work / "shards" / "t")
+    return work

@@ -85,4 +85,30 @@ def encode(pixels: np.ndarray) -> bytes:
 def decode(data: bytes) -> np.ndarray:
     """PNG bytes from a shard -> uint8 HxWx3."""
     with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return np.array(img.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy shares it
+
+
+# ---- tensors: what the model sees ---------------------------------------------------------------
+# Pixels are scaled to [-0.5, 0.5]: an MSE there is the MSE of [0, 1] images.
+
+def to_tensor(pixels: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0).sub_(0.5)
+
+
+def to_pixels(x) -> np.ndarray:
+    """(C, H, W) or (B, C, H, W) model-space tensor -> uint8 HWC / BHWC."""
+    x = x.detach().float().cpu().add(0.5).clamp_(0, 1).mul_(255).round_().byte()
+    return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x.permute(1, 2, 0)).numpy()
+
+
+def grid(rows: list[np.ndarray], pad: int = 2) -> Image.Image:
+    """Rows of uint8 BHWC images -> one PNG-ready picture (a row per list item)."""
+    h, w = rows[0].shape[1:3]
+    cols = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
+    for i, row in enumerate(rows):
+        for j, px in enumerate(row):
+            canvas.paste(Image.fromarray(px), (pad + j * (w + pad), pad + i * (h + pad)))
+    return canvas

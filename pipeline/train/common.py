@@ -1,0 +1,76 @@
+"""What both training stages share at their Ray edges: device, checkpoints, rank-0 MLflow."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from contextlib import nullcontext
+
+import torch
+
+
+def device_and_autocast():
+    """The worker's device (a GPU when Ray gave one) and the autocast to train under (bf16 on GPU)."""
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        return device, torch.autocast("cuda", dtype=torch.bfloat16)
+    return device, nullcontext()
+
+
+def save_checkpoint(state: dict):
+    """Rank 0 only: a Ray Train checkpoint of plain tensors/ints (torch.save, weights_only-loadable)."""
+    from ray.train import Checkpoint
+
+    folder = tempfile.mkdtemp(prefix="ckpt-")
+    torch.save(state, os.path.join(folder, "state.pt"))
+    return Checkpoint.from_directory(folder)
+
+
+def load_checkpoint(device) -> dict | None:
+    """The latest checkpoint of this run (after a worker failure or a re-run), or None."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
+
+
+def all_reduce_sum(values: list[float] | torch.Tensor, device) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def gaussian_bits_per_dim(mse01: float, levels: int = 256) -> float:
+    """-log2 p(x|z) per dim of the decoder as a Gaussian with the MSE as variance, discretised to
+    `levels` bins on [0, 1]: 0.5 log2(2 pi e sigma^2) + log2(levels). Valid while sigma >> 1/levels."""
+    return 0.5 * math.log2(2 * math.pi * math.e * max(mse01, 1e-12)) + math.log2(levels)
+
+
+class RankZeroMlflow:
+    """Logs metrics/artifacts to the run the driver created, from rank 0 only; a no-op elsewhere."""
+
+    def __init__(self, tracking_uri: str, run_id: str, enabled: bool):
+        self.client = None
+        self.run_id = run_id
+        if enabled:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def metrics(self, values: dict, step: int) -> None:
+        if self.client is not None:
+            from mlflow.entities import Metric
+            import time
+
+            ts = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
+
+    def artifact(self, path: str, folder: str | None = None) -> None:
+        if self.client is not None:
+            self.client.log_artifact(self.run_id, path, folder)
