@@ -97,7 +97,7 @@ class VectorQuantizer(nn.Module):
 
     def embed(self, indices: Tensor) -> Tensor:
         """Codebook vectors for (B, *spatial) indices, channels first: (B, dim, *spatial)."""
-        return F.embedding(indices, self.embedding).movedim(-1, 1)
+        return F.embedding(indices, self.embedding).movedim(-1, 1).contiguous()
 
     # ---- forward ---------------------------------------------------------------------------
 
@@ -113,7 +113,9 @@ class VectorQuantizer(nn.Module):
             z_q = F.embedding(indices, self.embedding.float())
 
             # Eq. 3: the codebook term moves e towards sg[z_e], the commitment term moves z_e.
-            commitment_loss = F.mse_loss(flat, z_q.detach())
+            # The commitment term is taken channels-first so z_e's gradient stays contiguous.
+            z_q_first = z_q.detach().view(z.shape).movedim(-1, 1).contiguous()
+            commitment_loss = F.mse_loss(z_e.float(), z_q_first)
             if self.ema:
                 codebook_loss = torch.zeros((), device=z_e.device)
                 loss = self.beta * commitment_loss
@@ -128,8 +130,9 @@ class VectorQuantizer(nn.Module):
         # Straight-through estimator z_e + sg[z_q - z_e]: forward value z_q, gradient dL/dz_q
         # copied to z_e and none to the codebook. Written as sg[z_q] + (z_e - sg[z_e]) so that
         # the value is exactly z_q (x - x == 0 in floating point, z_e + (z_q - z_e) != z_q).
-        z_q = z_q.detach().view(z.shape).movedim(-1, 1).to(z_e.dtype)
-        quantized = z_q + (z_e - z_e.detach())
+        # Contiguous, channels first: channels-last gradients would reach the conv weights, which
+        # DDP warns about (grad strides != bucket view strides) and copies on every step.
+        quantized = z_q_first.to(z_e.dtype) + (z_e - z_e.detach())
 
         probs = counts.float() / counts.sum().clamp(min=1)
         perplexity = torch.exp(-torch.special.xlogy(probs, probs).sum())
