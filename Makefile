@@ -2,14 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-WORKDIR ?= $(CURDIR)/work
 PY := $(VENV)/bin/python
 
 .PHONY: demo test install clean bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels on CPU machines.
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[dev]"
@@ -18,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) jobs/pipeline.py --config configs/demo.yaml --set workdir=$(WORKDIR)
+	$(PY) jobs/pipeline.py --config configs/demo.yaml
 
 test: install
 	$(PY) -m pytest
@@ -27,4 +25,4 @@ bench: install
 	$(PY) bench/shard.py
 
 clean:
-	rm -rf $(WORKDIR)
+	rm -rf work
