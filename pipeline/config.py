@@ -25,6 +25,7 @@ class DataConfig(_Section):
     # "{workdir}" in root is replaced by the workdir, so a demo's data can live beside its outputs.
     root: str
     modality: Literal["image"] = "image"
+    make_demo: bool = False  # jobs/pipeline.py builds the demo photos at `root` when missing
     image_size: int = Field(128, ge=8)
     val_fraction: float = Field(0.05, gt=0, lt=1)
     samples_per_shard: int = Field(1000, ge=1)
@@ -65,6 +66,39 @@ class Stage1Config(_Section):
     seed: int = 0
 
 
+class CodesConfig(_Section):
+    model: Optional[str] = None  # else models:/vqvae-<data.name>@champion
+    batch_size: int = Field(256, ge=1)
+
+
+class Stage2Config(_Section):
+    vqvae: Optional[str] = None  # the VQ-VAE whose codes the prior models; else its champion
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    hidden: int = Field(64, ge=1)
+    num_layers: int = Field(8, ge=1)
+    kernel_size: int = Field(5, ge=3)
+    checkpoint_every: int = Field(500, ge=1)
+    val_every: int = Field(250, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_failures: int = Field(1, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> "Stage2Config":
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        return self
+
+
+class SampleConfig(_Section):
+    prior: Optional[str] = None  # else models:/prior-<data.name>@champion
+    per_class: int = Field(8, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
 class Settings(_Section):
     workdir: str
     overwrite: bool = False
@@ -72,6 +106,9 @@ class Settings(_Section):
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
     stage1: Stage1Config = Stage1Config()
+    codes: CodesConfig = CodesConfig()
+    stage2: Stage2Config = Stage2Config()
+    sample: SampleConfig = SampleConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -97,6 +134,14 @@ class Settings(_Section):
     @property
     def runs_dir(self) -> str:
         return f"{self.workdir}/runs"
+
+    @property
+    def codes_dir(self) -> str:
+        return f"{self.workdir}/codes/{self.data.name}"
+
+    @property
+    def samples_dir(self) -> str:
+        return f"{self.workdir}/samples"
 
     @property
     def experiment(self) -> str:
