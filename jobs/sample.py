@@ -1,0 +1,14 @@
+"""Sample: draw codes from the prior champion, decode them with the VQ-VAE champion, write a PNG.
+
+    python jobs/sample.py --config configs/demo.yaml [--set sample.per_class=4]
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
+
+from pipeline.cli import run_job  # noqa: E402
+from pipeline.sampling import sample  # noqa: E402
+
+if __name__ == "__main__":
+    run_job(sample, __doc__)

@@ -1,0 +1,137 @@
+"""Stage 2 driver: fit the PixelCNN prior over a VQ-VAE's codes with Ray Train, register it.
+
+    python jobs/stage2.py --config configs/demo.yaml [--set stage2.steps=500]
+
+The codes are those dumped (jobs/dump_codes.py) for `stage2.vqvae`, by default the VQ-VAE
+champion. Same shape as stage 1 (pipeline/stage1.py): a Ray Train run named by a hash of what
+shapes the model resumes when re-run, the driver owns the MLflow run, and the final prior is
+registered as `prior-<dataset>`, champion by val_nll_bits_per_code. The prior records which
+VQ-VAE version its codes came from, so sampling can refuse a decoder it was not trained for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+
+from pipeline.codes import default_vqvae_uri, load_codes_manifest, version_dir
+from pipeline.config import Settings, settings_to_params
+from pipeline.errors import UserError
+from pipeline.modalities import image as modality
+from pipeline.runtime import init_ray
+from pipeline.stage1 import _read_json, _write_json, use_gpu
+
+_CADENCE = {"checkpoint_every", "val_every", "log_every", "max_failures", "vqvae"}
+
+
+def run_name(settings: Settings, vqvae_version: str) -> str:
+    shaping = {k: v for k, v in settings.stage2.model_dump().items() if k not in _CADENCE}
+    shaping.update(data=settings.data.name, vqvae_version=vqvae_version, num_workers=settings.ray.num_workers)
+    digest = hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
+    return f"stage2-{settings.data.name}-{digest}"
+
+
+def codes_info(settings: Settings, vqvae: dict) -> dict:
+    """What the workers need to know about the codes, from the codes manifest and the VQ-VAE."""
+    folder = version_dir(settings, vqvae["version"])
+    manifest = load_codes_manifest(folder)
+    if manifest is None:
+        raise UserError(f"no codes for {vqvae['name']} v{vqvae['version']} at {folder} "
+                        f"(run jobs/dump_codes.py first)")
+    try:
+        val_mse = float(vqvae["tags"]["metric.val_mse"])
+    except (KeyError, ValueError):
+        raise UserError(f"{vqvae['name']} v{vqvae['version']} has no 'metric.val_mse' tag") from None
+    return {"dir": folder, "num_codes": manifest["num_codes"], "num_classes": manifest["num_classes"],
+            "grid_shape": manifest["grid_shape"], "vqvae_val_mse": val_mse,
+            "input_dims": manifest["image_size"] ** modality.SPATIAL_DIMS * modality.CHANNELS}
+
+
+def train_stage2(settings: Settings) -> dict:
+    from pipeline import tracking
+
+    uri = settings.tracking_uri
+    experiment_id = tracking.setup_tracking(uri, settings.experiment)
+    vqvae = tracking.resolve(settings.stage2.vqvae or default_vqvae_uri(settings))
+    info = codes_info(settings, vqvae)
+    lineage = {"vqvae_name": vqvae["name"], "vqvae_version": vqvae["version"], "vqvae_run_id": vqvae["run_id"],
+               "codes": info["dir"], "dataset": settings.data.name}
+    name = run_name(settings, vqvae["version"])
+    run_dir = os.path.join(settings.runs_dir, name)
+    done_path = os.path.join(run_dir, "result.json")
+    if settings.overwrite and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    done = _read_json(done_path)
+    if done is not None:
+        print(f"stage2 {settings.data.name}: already finished ({name}, model prior-{settings.data.name} "
+              f"v{done['version']}); nothing to do (--set overwrite=true retrains)")
+        return done
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    os.makedirs(run_dir, exist_ok=True)
+    started = _read_json(os.path.join(run_dir, "mlflow.json"))
+    if started is None:
+        run = client.create_run(experiment_id, run_name=name, tags={"stage": "stage2", **lineage, **tracking.parent_tag()})
+        for key, value in settings_to_params(settings).items():
+            client.log_param(run.info.run_id, key, "" if value is None else value)
+        started = {"run_id": run.info.run_id}
+        _write_json(os.path.join(run_dir, "mlflow.json"), started)
+    else:
+        print(f"stage2 {settings.data.name}: resuming {name} (MLflow run {started['run_id']})")
+    run_id = started["run_id"]
+
+    init_ray(settings)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.train.stage2 import REPORT_KEYS, build_prior, train_loop_per_worker
+
+    gpu = use_gpu(settings)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"settings": settings.model_dump(), "codes": info, "run_id": run_id,
+                           "tracking_uri": uri},
+        scaling_config=ScalingConfig(num_workers=settings.ray.num_workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": settings.ray.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=settings.runs_dir,
+                             failure_config=FailureConfig(max_failures=settings.stage2.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    start = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    seconds = time.perf_counter() - start
+
+    import torch
+
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+    model = build_prior(settings, info["num_codes"], info["num_classes"])
+    model.load_state_dict(state["model"])
+    metrics = {k: result.metrics[k] for k in ("step", *REPORT_KEYS) if k in result.metrics}
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_model(model, "model", metadata={"stage": "stage2", **lineage, "run_id": run_id,
+                                                     "grid_shape": info["grid_shape"]})
+    registered = f"prior-{settings.data.name}"
+    version, promoted = tracking.register_model(
+        run_id, "model", registered, metric="val_nll_bits_per_code", value=metrics["val_nll_bits_per_code"],
+        tags={**lineage, "ray_run": name})
+    client.set_terminated(run_id, status="FINISHED")
+    done = {"run_id": run_id, "name": registered, "version": version, "promoted": promoted,
+            "metrics": metrics, "seconds": seconds, **lineage}
+    _write_json(done_path, done)
+    print(f"stage2 {settings.data.name}: {metrics['step']} steps in {seconds:.0f} s; val "
+          f"{metrics['val_nll_bits_per_code']:.3f} bits/code (uniform {metrics['uniform_bits_per_code']:.3f}), "
+          f"{metrics['val_bits_per_dim']:.3f} bits/dim; registered {registered} v{version}"
+          f"{' (champion)' if promoted else ''} on {vqvae['name']} v{vqvae['version']}; MLflow run {run_id}",
+          flush=True)
+    return done

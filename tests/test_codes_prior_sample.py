@@ -1,0 +1,158 @@
+"""Codes, prior and sampling on a real local Ray instance and a real MLflow store and registry.
+
+One tiny stage 1 is trained for the module; its codes are dumped, a prior is fitted on them and
+sampled. Each test checks one behaviour of that chain.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_STAGE1, run_job, workdir_with_shards, write_config
+from pipeline.config import load_settings
+from pipeline.data.reader import SkipCounter, eval_batches, shard_urls
+from pipeline.modalities import image as modality
+
+TINY_STAGE2 = {"steps": 150, "batch_size": 32, "hidden": 32, "num_layers": 4, "kernel_size": 3, "lr": 3e-3,
+               "checkpoint_every": 50, "val_every": 75, "log_every": 10}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, ray_local, demo_raw, demo_shards):
+    """stage 1 -> codes -> stage 2, once for the module."""
+    from pipeline.codes import dump_codes
+    from pipeline.stage1 import train_stage1
+    from pipeline.stage2 import train_stage2
+
+    tmp = tmp_path_factory.mktemp("chain")
+    work = workdir_with_shards(tmp, demo_shards)
+    cfg = write_config(tmp / "c.yaml", work, demo_raw, stage1=TINY_STAGE1, stage2=TINY_STAGE2,
+                       codes={"batch_size": 64}, sample={"per_class": 3},
+                       ray={"num_workers": 2, "cpus_per_worker": 1})
+    settings = load_settings(cfg)
+    stage1 = train_stage1(settings)
+    codes = dump_codes(settings)
+    stage2 = train_stage2(settings)
+    return {"cfg": cfg, "settings": settings, "stage1": stage1, "codes": codes, "stage2": stage2}
+
+
+def _shard_labels(settings, split: str) -> dict[str, int]:
+    _, urls = shard_urls(settings.shards_dir, split)
+    labels = {}
+    for url in urls:
+        with tarfile.open(url) as tar:
+            for m in tar:
+                key, _, ext = m.name.rpartition(".")
+                if ext == "cls":
+                    labels[key] = int(tar.extractfile(m).read())
+    return labels
+
+
+def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
+    from pipeline import tracking
+    from pipeline.codes import read_codes, version_dir
+
+    settings, manifest = chain["settings"], chain["codes"]
+    folder = version_dir(settings, chain["stage1"]["version"])
+    assert folder.endswith("/codes/t/v1") and os.path.isfile(f"{folder}/manifest.json")
+    assert manifest["num_codes"] == 32 and manifest["dtype"] == "uint8" and manifest["grid_shape"] == [4, 4]
+    assert manifest["vqvae_name"] == "vqvae-t" and manifest["vqvae_version"] == "1"
+    shards = json.loads(open(f"{settings.shards_dir}/manifest.json").read())
+    import pyarrow.parquet as pq
+
+    for split in ("train", "val"):
+        assert manifest["rows"][split] == shards["splits"][split]["samples"]
+        table = pq.read_table(f"{folder}/{split}")
+        assert table.column("codes").type.value_type.bit_width == 8  # uint8 on disk
+        codes, labels, keys = read_codes(folder, split)
+        assert codes.shape == (shards["splits"][split]["samples"], 4, 4)
+        assert codes.min() >= 0 and codes.max() < 32
+        expected = _shard_labels(settings, split)
+        assert sorted(keys) == sorted(expected)
+        assert [expected[k] for k in keys] == labels.tolist()
+
+    # the stored codes are the registered model's encoding of the val images
+    vqvae = tracking.load_vqvae("models:/vqvae-t/1")
+    _, urls = shard_urls(settings.shards_dir, "val")
+    x, _ = next(eval_batches(urls[:1], 1000, 0, 1, "png", modality.decode, modality.to_tensor, SkipCounter()))
+    codes, _, keys = read_codes(folder, "val")
+    with tarfile.open(urls[0]) as tar:
+        first_keys = list(dict.fromkeys(m.name.rpartition(".")[0] for m in tar))
+    rows = [keys.index(k) for k in first_keys]
+    assert torch.equal(vqvae.encode(x), torch.from_numpy(codes[rows]))
+
+
+def test_dumping_again_for_the_same_version_does_nothing(chain, capsys):
+    from pipeline.codes import dump_codes, version_dir
+
+    path = f"{version_dir(chain['settings'], '1')}/manifest.json"
+    mtime = os.stat(path).st_mtime_ns
+    capsys.readouterr()
+    assert dump_codes(chain["settings"]) == chain["codes"]
+    assert "nothing to do" in capsys.readouterr().out
+    assert os.stat(path).st_mtime_ns == mtime
+
+
+def test_prior_beats_the_uniform_prior_and_records_its_vqvae(chain):
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    metrics = chain["stage2"]["metrics"]
+    assert metrics["step"] == TINY_STAGE2["steps"]
+    assert metrics["uniform_bits_per_code"] == pytest.approx(math.log2(32))
+    assert metrics["val_nll_bits_per_code"] < 0.9 * math.log2(32), metrics
+    assert math.isfinite(metrics["val_bits_per_dim"]) and metrics["val_bits_per_dim"] > 0
+
+    info = tracking.resolve("models:/prior-t@champion")
+    assert info["version"] == "1" and info["run_id"] == chain["stage2"]["run_id"]
+    assert info["tags"]["vqvae_name"] == "vqvae-t" and info["tags"]["vqvae_version"] == "1"
+    assert info["tags"]["codes"].endswith("/codes/t/v1")
+    meta = tracking.model_metadata("models:/prior-t@champion")
+    assert meta["vqvae_version"] == "1" and meta["config"]["num_classes"] == 10
+    assert meta["config"]["num_codes"] == 32
+    run = MlflowClient(chain["settings"].tracking_uri).get_run(chain["stage2"]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "stage2"
+    assert tracking.load_prior("models:/prior-t@champion").num_classes == 10
+
+
+def test_training_the_prior_again_does_nothing(chain, capsys):
+    from pipeline.stage2 import train_stage2
+
+    capsys.readouterr()
+    assert train_stage2(chain["settings"]) == chain["stage2"]
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_sample_writes_one_row_per_class(chain):
+    proc = run_job("sample.py", "--config", str(chain["cfg"]), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = proc.stdout.strip().splitlines()[-1]
+    assert path == f"{chain['settings'].samples_dir}/samples-1.png"
+    with Image.open(path) as img:
+        size = 16 + 2  # image_size + grid padding
+        assert img.size == (3 * size + 2, 10 * size + 2)
+        assert np.asarray(img).std() > 0
+
+
+def test_a_prior_of_another_vqvae_version_is_refused(chain):
+    from pipeline import tracking
+
+    # a second VQ-VAE version becomes the decoder champion; the prior was fitted on v1's codes
+    version, _ = tracking.register_model(chain["stage1"]["run_id"], "model", "vqvae-t", metric="val_mse",
+                                         value=0.0)
+    tracking.set_alias("vqvae-t", "champion", version)
+    try:
+        proc = run_job("sample.py", "--config", str(chain["cfg"]), timeout=180)
+    finally:
+        tracking.set_alias("vqvae-t", "champion", "1")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "vqvae-t v1" in lines[0] and f"models:/vqvae-t/{version}" in lines[0], proc.stderr
