@@ -20,18 +20,38 @@ def _make_demo_data(settings: Settings) -> None:
 
 
 def stages():
-    """(name, function) in order. Later stages join this list as they are built."""
+    """(name, function) in order; each skips itself when its output is already there."""
+    from pipeline.codes import dump_codes
     from pipeline.data.shard import shard_dataset
+    from pipeline.sampling import sample
     from pipeline.stage1 import train_stage1
+    from pipeline.stage2 import train_stage2
 
-    return [("make-data", _make_demo_data), ("shard", shard_dataset), ("stage1", train_stage1)]
+    return [("make-data", _make_demo_data), ("shard", shard_dataset), ("stage1", train_stage1),
+            ("codes", dump_codes), ("stage2", train_stage2), ("sample", sample)]
 
 
 def run_pipeline(settings: Settings) -> dict:
-    results, start = {}, time.perf_counter()
-    for name, fn in stages():
-        print(f"== {name}", flush=True)
-        results[name] = fn(settings)
+    """All stages as child MLflow runs of one parent run named `pipeline-<data.name>`."""
+    from pipeline import tracking
+
+    from mlflow import MlflowClient
+
+    experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)
+    client = MlflowClient(settings.tracking_uri)
+    # Created, not started: the stages start and resume their own runs, which an active run
+    # in this process would turn into errors.
+    parent = client.create_run(experiment_id, run_name=f"pipeline-{settings.data.name}",
+                               tags={"stage": "pipeline"}).info.run_id
+    results, start, status = {"pipeline_run_id": parent}, time.perf_counter(), "FAILED"
+    try:
+        with tracking.children_of(parent):
+            for name, fn in stages():
+                print(f"== {name}", flush=True)
+                results[name] = fn(settings)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(parent, status=status)
     print(f"\npipeline {settings.data.name}: done in {time.perf_counter() - start:.0f} s")
     print_where(settings, results)
     return results
@@ -49,7 +69,12 @@ def print_where(settings: Settings, results: dict) -> None:
         grids = sorted(glob.glob(os.path.join(art, "reconstructions", "*.png")))
         if grids:
             print(f"  reconstructions: {grids[-1]}  (top: originals, bottom: reconstructions)")
-        print(f"  model:           models:/{stage1['name']}/{stage1['version']}")
+        print(f"  VQ-VAE:          models:/{stage1['name']}/{stage1['version']}")
+    stage2 = results.get("stage2")
+    if stage2:
+        print(f"  prior:           models:/{stage2['name']}/{stage2['version']}")
+    if results.get("sample"):
+        print(f"  samples:         {results['sample']}  (a row per class)")
     if settings.tracking_uri.startswith("sqlite:"):
         print(f"  see it all:      mlflow ui --backend-store-uri {settings.tracking_uri}")
     else:

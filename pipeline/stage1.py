@@ -85,7 +85,7 @@ def train_stage1(settings: Settings) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     started = _read_json(os.path.join(run_dir, "mlflow.json"))
     if started is None:
-        run = client.create_run(experiment_id, run_name=name, tags={"stage": "stage1", **lineage})
+        run = client.create_run(experiment_id, run_name=name, tags={"stage": "stage1", **lineage, **tracking.parent_tag()})
         for key, value in settings_to_params(settings).items():
             client.log_param(run.info.run_id, key, "" if value is None else value)
         started = {"run_id": run.info.run_id}

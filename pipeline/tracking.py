@@ -16,6 +16,8 @@ tag `metric.<name>` and the alias `champion` moves to a version only when it bea
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import re
@@ -118,6 +120,25 @@ def setup_tracking(tracking_uri: str, experiment: str) -> str:
     return exp.experiment_id
 
 
+_parent_run_id: str | None = None  # set by `children_of` while jobs/pipeline.py runs the stages
+
+
+@contextlib.contextmanager
+def children_of(run_id: str):
+    """Every stage run started inside this block is a child of `run_id` (the pipeline's run)."""
+    global _parent_run_id
+    previous, _parent_run_id = _parent_run_id, run_id
+    try:
+        yield
+    finally:
+        _parent_run_id = previous
+
+
+def parent_tag() -> dict[str, str]:
+    """The nesting tag for runs created with MlflowClient.create_run inside `children_of`."""
+    return {"mlflow.parentRunId": _parent_run_id} if _parent_run_id else {}
+
+
 def start_run(
     experiment_id: str,
     run_name: str,
@@ -129,6 +150,7 @@ def start_run(
     import mlflow
 
     tags = {k: str(v) for k, v in (tags or {}).items()}
+    parent_run_id = parent_run_id or _parent_run_id
     if parent_run_id:
         return mlflow.start_run(
             experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,

@@ -168,7 +168,7 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(
                 f"codes must have shape (B, {self.spatial_dims} spatial dims), got {tuple(codes.shape)}"
             )
-        return self.code_embedding(codes).movedim(-1, 1)
+        return self.code_embedding(codes).movedim(-1, 1).contiguous()  # channels-last grads upset DDP buckets
 
     def forward_embedded(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from already embedded codes (B, embed_dim, *spatial); a leaf x lets tests read

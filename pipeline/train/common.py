@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from contextlib import nullcontext
 
 import torch
@@ -66,7 +67,6 @@ class RankZeroMlflow:
     def metrics(self, values: dict, step: int) -> None:
         if self.client is not None:
             from mlflow.entities import Metric
-            import time
 
             ts = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])

@@ -39,8 +39,9 @@ def validate(model: VQVAE, urls, settings: Settings, rank: int, world: int, devi
     model.eval()
     k = model.vq.num_codes
     skips = SkipCounter()
-    sq_err, elems, samples, hist, first = 0.0, 0, 0, torch.zeros(k, device=device, dtype=torch.float64), None
-    for x, _ in eval_batches(urls, settings.stage1.batch_size, rank, world, modality.SHARD_FIELD,
+    sq_err, elems, samples, hist = 0.0, 0, 0, torch.zeros(k, device=device, dtype=torch.float64)
+    shown: dict[int, tuple] = {}  # one (original, reconstruction) per class, for the picture
+    for x, labels in eval_batches(urls, settings.stage1.batch_size, rank, world, modality.SHARD_FIELD,
                              modality.decode, modality.to_tensor, skips):
         x = x.to(device)
         x_recon, vq = model(x)
@@ -48,8 +49,9 @@ def validate(model: VQVAE, urls, settings: Settings, rank: int, world: int, devi
         elems += x.numel()
         samples += x.shape[0]
         hist += torch.bincount(vq.indices.flatten(), minlength=k).double()
-        if first is None:
-            first = (x[:8].cpu(), x_recon[:8].cpu())
+        for i, label in enumerate(labels.tolist()):
+            if len(shown) < 8 and label not in shown:
+                shown[label] = (x[i].cpu(), x_recon[i].float().cpu())
     totals = all_reduce_sum([sq_err, elems, samples], device)
     hist = all_reduce_sum(hist, device)
     model.train()
@@ -64,7 +66,14 @@ def validate(model: VQVAE, urls, settings: Settings, rank: int, world: int, devi
         "val_bits_per_dim": gaussian_bits_per_dim(mse) + latents_per_sample * math.log2(k) / dims_per_sample,
         "perplexity": math.exp(-(p[p > 0] * p[p > 0].log()).sum().item()),
         "codebook_usage": (hist > 0).double().mean().item(),
-    }, (first, hist.cpu())
+    }, (_stack_shown(shown), hist.cpu())
+
+
+def _stack_shown(shown: dict) -> tuple | None:
+    if not shown:
+        return None
+    pairs = [shown[c] for c in sorted(shown)]
+    return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
 
 
 def _log_pictures(mlf: RankZeroMlflow, step: int, first, hist, final: bool) -> None:
