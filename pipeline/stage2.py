@@ -101,7 +101,11 @@ def train_stage2(settings: Settings) -> dict:
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=settings.runs_dir,
                              failure_config=FailureConfig(max_failures=settings.stage2.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             # The best validated checkpoint is kept beside the latest (Ray never deletes the
+                             # latest), and that best one is registered: a prior overfits small code sets.
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=1, checkpoint_score_attribute="val_nll_bits_per_code",
+                                 checkpoint_score_order="min")),
     )
     start = time.perf_counter()
     try:
@@ -113,11 +117,14 @@ def train_stage2(settings: Settings) -> dict:
 
     import torch
 
-    with result.checkpoint.as_directory() as folder:
+    scored = [(c, m) for c, m in result.best_checkpoints if "val_nll_bits_per_code" in m]
+    best, best_metrics = min(scored, key=lambda cm: cm[1]["val_nll_bits_per_code"]) if scored \
+        else (result.checkpoint, result.metrics)
+    with best.as_directory() as folder:
         state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
     model = build_prior(settings, info["num_codes"], info["num_classes"])
     model.load_state_dict(state["model"])
-    metrics = {k: result.metrics[k] for k in ("step", *REPORT_KEYS) if k in result.metrics}
+    metrics = {k: best_metrics[k] for k in ("step", *REPORT_KEYS) if k in best_metrics}
     with mlflow.start_run(run_id=run_id):
         tracking.log_model(model, "model", metadata={"stage": "stage2", **lineage, "run_id": run_id,
                                                      "grid_shape": info["grid_shape"]})
@@ -129,7 +136,8 @@ def train_stage2(settings: Settings) -> dict:
     done = {"run_id": run_id, "name": registered, "version": version, "promoted": promoted,
             "metrics": metrics, "seconds": seconds, **lineage}
     _write_json(done_path, done)
-    print(f"stage2 {settings.data.name}: {metrics['step']} steps in {seconds:.0f} s; val "
+    print(f"stage2 {settings.data.name}: {settings.stage2.steps} steps in {seconds:.0f} s, best at step "
+          f"{metrics['step']}: val "
           f"{metrics['val_nll_bits_per_code']:.3f} bits/code (uniform {metrics['uniform_bits_per_code']:.3f}), "
           f"{metrics['val_bits_per_dim']:.3f} bits/dim; registered {registered} v{version}"
           f"{' (champion)' if promoted else ''} on {vqvae['name']} v{vqvae['version']}; MLflow run {run_id}",
