@@ -20,6 +20,7 @@ import contextlib
 
 import json
 import math
+import os
 import re
 import tempfile
 import urllib.error
@@ -98,7 +99,14 @@ def setup_tracking(tracking_uri: str, experiment: str) -> str:
             # Without this, new experiments store artifacts in ./mlruns of whatever directory the
             # process runs in (Ray workers chdir into their session folder): keep them by the db.
             artifact_location = (db.parent / "mlartifacts").as_uri()
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which Settings reads first: a
+    # second workdir in the same process would then log into the first one's store.
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
 
     client = MlflowClient()
     try:

@@ -12,6 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file in tests (NOTES-RAY.md)
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_env_between_tests(monkeypatch):
+    """Each test picks its own MLflow store; nothing set by an earlier test leaks in."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray instance with 4 logical CPUs on 2 cores, so Train workers and Ray Data

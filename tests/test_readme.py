@@ -11,7 +11,9 @@ from conftest import REPO
 
 TINY = ["--set", "stage1.steps=40", "--set", "stage1.hidden=32", "--set", "stage1.codebook_size=32",
         "--set", "stage1.code_dim=16", "--set", "stage1.num_res_blocks=1", "--set", "stage1.batch_size=32",
-        "--set", "stage1.val_every=20", "--set", "stage1.checkpoint_every=20", "--set", "ray.num_cpus=4"]
+        "--set", "stage1.val_every=20", "--set", "stage1.checkpoint_every=20", "--set", "ray.num_cpus=4",
+        "--set", "stage2.steps=30", "--set", "stage2.hidden=32", "--set", "stage2.num_layers=3",
+        "--set", "stage2.val_every=15", "--set", "stage2.checkpoint_every=15", "--set", "sample.per_class=2"]
 
 
 def blocks(lang: str) -> list[str]:
@@ -29,7 +31,7 @@ def test_readme_stage_commands_and_snippet_run(tmp_path):
     work = tmp_path / "demo"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
     commands = [line.split("#")[0].strip() for line in blocks("bash")[1].strip().splitlines()]
-    assert len(commands) == 4
+    assert len(commands) == 7
     for command in commands:
         args = command.replace("work/demo", str(work)).split()
         assert args[0] == ".venv/bin/python"
@@ -39,7 +41,8 @@ def test_readme_stage_commands_and_snippet_run(tmp_path):
         proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (command, proc.stderr[-3000:])
     assert (work / "shards" / "demo" / "manifest.json").exists()
-    assert "nothing to do" in proc.stdout  # the pipeline found every stage done
+    assert list((work / "samples").glob("samples-*.png"))
+    assert proc.stdout.count("nothing to do") == 4  # shard, stage1, codes and stage2 were done
 
     snippet = "import torch\nx = torch.zeros(2, 3, 32, 32)\n" + blocks("python")[0] + \
         "\nassert codes.shape == (2, 8, 8), codes.shape\n"

@@ -154,3 +154,18 @@ def test_unreachable_server_fails_fast():
             tracking.setup_tracking(f"http://127.0.0.1:{port}", "x")
         assert time.monotonic() - start < 10
     assert mlflow.get_tracking_uri() == before  # checked before anything else
+
+
+def test_setup_tracking_leaves_the_environment_alone(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a second workdir in the same process
+    must not inherit the first one's store through it."""
+    import os
+
+    from pipeline.tracking import setup_tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    setup_tracking(f"sqlite:///{tmp_path}/a/mlflow.db", "a")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/b/mlflow.db")
+    setup_tracking(f"sqlite:///{tmp_path}/c/mlflow.db", "c")
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/b/mlflow.db"
