@@ -132,7 +132,7 @@ def _parquet_rows(folder: str) -> int:
 
 def dump_codes(settings: Settings) -> dict:
     from pipeline import tracking
-    from pipeline.stage1 import use_gpu
+    from pipeline.train.driver import use_gpu
 
     shards_manifest, _ = shard_urls(settings.shards_dir, "train")  # no shards: one-line error
     urls = {s: shard_urls(settings.shards_dir, s)[1] for s in SPLITS}

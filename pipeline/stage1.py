@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import time
 
-from pipeline.config import Settings, settings_to_params
+from pipeline.config import Settings
 from pipeline.data.reader import shard_urls
-from pipeline.runtime import init_ray
+from pipeline.train.driver import finished_result, fit, load_state, mlflow_run, record_result
 
 # Keys that do not change what is trained: a change of these still resumes the same run.
 _CADENCE = {"checkpoint_every", "val_every", "log_every", "max_failures"}
@@ -30,28 +27,6 @@ def run_name(settings: Settings) -> str:
                    num_workers=settings.ray.num_workers)
     digest = hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
     return f"stage1-{settings.data.name}-{digest}"
-
-
-def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path: str, value: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
-
-
-def use_gpu(settings: Settings) -> bool:
-    import ray
-
-    if settings.ray.use_gpu is not None:
-        return settings.ray.use_gpu
-    return ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def shard_lineage(settings: Settings) -> dict:
@@ -68,61 +43,19 @@ def train_stage1(settings: Settings) -> dict:
     uri = settings.tracking_uri
     experiment_id = tracking.setup_tracking(uri, settings.experiment)  # unreachable: exit 2 now
     name = run_name(settings)
-    run_dir = os.path.join(settings.runs_dir, name)
-    done_path = os.path.join(run_dir, "result.json")
-    if settings.overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
-    done = _read_json(done_path)
+    done = finished_result(settings, name)
     if done is not None:
         print(f"stage1 {settings.data.name}: already finished ({name}, model vqvae-{settings.data.name} "
               f"v{done['version']}); nothing to do (--set overwrite=true retrains)")
         return done
 
     import mlflow
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    os.makedirs(run_dir, exist_ok=True)
-    started = _read_json(os.path.join(run_dir, "mlflow.json"))
-    if started is None:
-        run = client.create_run(experiment_id, run_name=name, tags={"stage": "stage1", **lineage, **tracking.parent_tag()})
-        for key, value in settings_to_params(settings).items():
-            client.log_param(run.info.run_id, key, "" if value is None else value)
-        started = {"run_id": run.info.run_id}
-        _write_json(os.path.join(run_dir, "mlflow.json"), started)
-    else:
-        print(f"stage1 {settings.data.name}: resuming {name} (MLflow run {started['run_id']})")
-    run_id = started["run_id"]
-
-    init_ray(settings)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipeline.train.stage1 import build_model, train_loop_per_worker
 
-    gpu = use_gpu(settings)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"settings": settings.model_dump(), "run_id": run_id, "tracking_uri": uri},
-        scaling_config=ScalingConfig(num_workers=settings.ray.num_workers, use_gpu=gpu,
-                                     resources_per_worker={"CPU": settings.ray.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=settings.runs_dir,
-                             failure_config=FailureConfig(max_failures=settings.stage1.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    start = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    seconds = time.perf_counter() - start
-
-    import torch
-
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+    run_id = mlflow_run(settings, name, experiment_id, lineage, "stage1")
+    result, seconds = fit(settings, name, run_id, train_loop_per_worker, {}, settings.stage1.max_failures)
+    state = load_state(result.checkpoint)
     model = build_model(settings)
     model.load_state_dict(state["model"])
     metrics = {k: result.metrics[k] for k in ("step", "val_mse", "val_psnr", "val_bits_per_dim",
@@ -133,10 +66,8 @@ def train_stage1(settings: Settings) -> dict:
     version, promoted = tracking.register_model(
         run_id, "model", registered, metric="val_mse", value=metrics["val_mse"],
         tags={**{k: str(v) for k, v in lineage.items()}, "ray_run": name})
-    client.set_terminated(run_id, status="FINISHED")
-    done = {"run_id": run_id, "name": registered, "version": version, "promoted": promoted,
-            "metrics": metrics, "seconds": seconds}
-    _write_json(done_path, done)
+    done = record_result(settings, name, run_id, {"run_id": run_id, "name": registered, "version": version,
+                                                  "promoted": promoted, "metrics": metrics, "seconds": seconds})
     print(f"stage1 {settings.data.name}: {metrics['step']} steps in {seconds:.0f} s; val_mse "
           f"{metrics['val_mse']:.5f}, psnr {metrics['val_psnr']:.2f} dB, perplexity {metrics['perplexity']:.1f}, "
           f"usage {metrics['codebook_usage']:.2f}; registered {registered} v{version}"

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import time
 
 from pipeline.codes import default_vqvae_uri, load_codes_manifest, version_dir
-from pipeline.config import Settings, settings_to_params
+from pipeline.config import Settings
 from pipeline.errors import UserError
 from pipeline.modalities import image as modality
-from pipeline.runtime import init_ray
-from pipeline.stage1 import _read_json, _write_json, use_gpu
+from pipeline.train.driver import finished_result, fit, load_state, mlflow_run, record_result
 
 _CADENCE = {"checkpoint_every", "val_every", "log_every", "max_failures", "vqvae"}
 
@@ -59,69 +55,28 @@ def train_stage2(settings: Settings) -> dict:
     lineage = {"vqvae_name": vqvae["name"], "vqvae_version": vqvae["version"], "vqvae_run_id": vqvae["run_id"],
                "codes": info["dir"], "dataset": settings.data.name}
     name = run_name(settings, vqvae["version"])
-    run_dir = os.path.join(settings.runs_dir, name)
-    done_path = os.path.join(run_dir, "result.json")
-    if settings.overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
-    done = _read_json(done_path)
+    done = finished_result(settings, name)
     if done is not None:
         print(f"stage2 {settings.data.name}: already finished ({name}, model prior-{settings.data.name} "
               f"v{done['version']}); nothing to do (--set overwrite=true retrains)")
         return done
 
     import mlflow
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    os.makedirs(run_dir, exist_ok=True)
-    started = _read_json(os.path.join(run_dir, "mlflow.json"))
-    if started is None:
-        run = client.create_run(experiment_id, run_name=name, tags={"stage": "stage2", **lineage, **tracking.parent_tag()})
-        for key, value in settings_to_params(settings).items():
-            client.log_param(run.info.run_id, key, "" if value is None else value)
-        started = {"run_id": run.info.run_id}
-        _write_json(os.path.join(run_dir, "mlflow.json"), started)
-    else:
-        print(f"stage2 {settings.data.name}: resuming {name} (MLflow run {started['run_id']})")
-    run_id = started["run_id"]
-
-    init_ray(settings)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import CheckpointConfig
 
     from pipeline.train.stage2 import REPORT_KEYS, build_prior, train_loop_per_worker
 
-    gpu = use_gpu(settings)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"settings": settings.model_dump(), "codes": info, "run_id": run_id,
-                           "tracking_uri": uri},
-        scaling_config=ScalingConfig(num_workers=settings.ray.num_workers, use_gpu=gpu,
-                                     resources_per_worker={"CPU": settings.ray.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=settings.runs_dir,
-                             failure_config=FailureConfig(max_failures=settings.stage2.max_failures),
-                             # The best validated checkpoint is kept beside the latest (Ray never deletes the
-                             # latest), and that best one is registered: a prior overfits small code sets.
-                             checkpoint_config=CheckpointConfig(
-                                 num_to_keep=1, checkpoint_score_attribute="val_nll_bits_per_code",
-                                 checkpoint_score_order="min")),
-    )
-    start = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    seconds = time.perf_counter() - start
-
-    import torch
-
+    run_id = mlflow_run(settings, name, experiment_id, lineage, "stage2")
+    # The best validated checkpoint is kept beside the latest (Ray never deletes the latest), and
+    # that best one is registered: a prior overfits small code sets.
+    keep_best = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_nll_bits_per_code",
+                                 checkpoint_score_order="min")
+    result, seconds = fit(settings, name, run_id, train_loop_per_worker, {"codes": info},
+                          settings.stage2.max_failures, keep_best)
     scored = [(c, m) for c, m in result.best_checkpoints if "val_nll_bits_per_code" in m]
     best, best_metrics = min(scored, key=lambda cm: cm[1]["val_nll_bits_per_code"]) if scored \
         else (result.checkpoint, result.metrics)
-    with best.as_directory() as folder:
-        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+    state = load_state(best)
     model = build_prior(settings, info["num_codes"], info["num_classes"])
     model.load_state_dict(state["model"])
     metrics = {k: best_metrics[k] for k in ("step", *REPORT_KEYS) if k in best_metrics}
@@ -132,10 +87,9 @@ def train_stage2(settings: Settings) -> dict:
     version, promoted = tracking.register_model(
         run_id, "model", registered, metric="val_nll_bits_per_code", value=metrics["val_nll_bits_per_code"],
         tags={**lineage, "ray_run": name})
-    client.set_terminated(run_id, status="FINISHED")
-    done = {"run_id": run_id, "name": registered, "version": version, "promoted": promoted,
-            "metrics": metrics, "seconds": seconds, **lineage}
-    _write_json(done_path, done)
+    done = record_result(settings, name, run_id, {"run_id": run_id, "name": registered, "version": version,
+                                                  "promoted": promoted, "metrics": metrics, "seconds": seconds,
+                                                  **lineage})
     print(f"stage2 {settings.data.name}: {settings.stage2.steps} steps in {seconds:.0f} s, best at step "
           f"{metrics['step']}: val "
           f"{metrics['val_nll_bits_per_code']:.3f} bits/code (uniform {metrics['uniform_bits_per_code']:.3f}), "
