@@ -46,7 +46,16 @@ class MlflowConfig(_Section):
     experiment: Optional[str] = None  # else data.name
 
 
-class Stage1Config(_Section):
+class _TrainingSection(_Section):
+    """What both training stages share: how often they checkpoint, validate and log."""
+    checkpoint_every: int = Field(500, ge=1)
+    val_every: int = Field(250, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
+    seed: int = 0
+
+
+class Stage1Config(_TrainingSection):
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-4, gt=0)
@@ -59,11 +68,6 @@ class Stage1Config(_Section):
     hidden: int = Field(256, ge=1)
     num_res_blocks: int = Field(2, ge=0)
     num_downsamples: int = Field(2, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
-    val_every: int = Field(250, ge=1)
-    log_every: int = Field(10, ge=1)
-    max_failures: int = Field(1, ge=0)
-    seed: int = 0
 
 
 class CodesConfig(_Section):
@@ -71,7 +75,7 @@ class CodesConfig(_Section):
     batch_size: int = Field(256, ge=1)
 
 
-class Stage2Config(_Section):
+class Stage2Config(_TrainingSection):
     vqvae: Optional[str] = None  # the VQ-VAE whose codes the prior models; else its champion
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -79,11 +83,6 @@ class Stage2Config(_Section):
     hidden: int = Field(64, ge=1)
     num_layers: int = Field(8, ge=1)
     kernel_size: int = Field(5, ge=3)
-    checkpoint_every: int = Field(500, ge=1)
-    val_every: int = Field(250, ge=1)
-    log_every: int = Field(10, ge=1)
-    max_failures: int = Field(1, ge=0)
-    seed: int = 0
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> "Stage2Config":
