@@ -111,6 +111,13 @@ def test_prior_beats_the_uniform_prior_and_records_its_vqvae(chain):
     assert metrics["val_nll_bits_per_code"] < 0.9 * math.log2(32), metrics
     assert math.isfinite(metrics["val_bits_per_dim"]) and metrics["val_bits_per_dim"] > 0
 
+    # The registered metrics are the val metrics of the registered checkpoint's own step.
+    settings = chain["settings"]
+    history = MlflowClient(settings.tracking_uri).get_metric_history(chain["stage2"]["run_id"],
+                                                                    "val_nll_bits_per_code")
+    assert {m.step: m.value for m in history}[metrics["step"]] == \
+        pytest.approx(metrics["val_nll_bits_per_code"])
+
     info = tracking.resolve("models:/prior-t@champion")
     assert info["version"] == "1" and info["run_id"] == chain["stage2"]["run_id"]
     assert info["tags"]["vqvae_name"] == "vqvae-t" and info["tags"]["vqvae_version"] == "1"

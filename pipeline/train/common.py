@@ -29,6 +29,16 @@ def save_checkpoint(state: dict):
     return Checkpoint.from_directory(folder)
 
 
+def report(step: int, rank: int, state, val: dict) -> None:
+    """Every rank reports (it is a barrier); only rank 0 hands over a checkpoint, `state()`.
+    `val` holds metrics only when they were computed at this very step: stage 2 keeps its best
+    checkpoint by them, so a checkpoint must never carry an earlier step's metrics."""
+    import ray.train
+
+    checkpoint = save_checkpoint(state()) if rank == 0 else None
+    ray.train.report({"step": step, **val}, checkpoint=checkpoint)
+
+
 def load_checkpoint(device) -> dict | None:
     """The latest checkpoint of this run (after a worker failure or a re-run), or None."""
     import ray.train

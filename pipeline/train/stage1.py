@@ -20,7 +20,7 @@ from pipeline.data.reader import SkipCounter, eval_batches, shard_urls, train_ba
 from pipeline.models.vqvae import VQVAE
 from pipeline.modalities import image as modality
 from pipeline.train.common import (RankZeroMlflow, all_reduce_sum, device_and_autocast,
-                                   gaussian_bits_per_dim, load_checkpoint, save_checkpoint)
+                                   gaussian_bits_per_dim, load_checkpoint, report)
 
 REPORT_KEYS = ("val_mse", "val_psnr", "val_bits_per_dim", "perplexity", "codebook_usage")
 
@@ -134,7 +134,6 @@ def train_loop_per_worker(config: dict) -> None:
     skips = SkipCounter()
     batches = train_batches(train_urls, s1.batch_size, s1.seed + start, rank, modality.SHARD_FIELD,
                             modality.decode, modality.to_tensor, skips)
-    last_val: dict = {}
     clock, timed_steps = time.perf_counter(), 0
     for step in range(start + 1, s1.steps + 1):
         x, _ = next(batches)
@@ -147,6 +146,7 @@ def train_loop_per_worker(config: dict) -> None:
         loss.backward()
         optimizer.step()
         timed_steps += 1
+        val: dict = {}
 
         final = step == s1.steps
         if step % s1.log_every == 0 or final:
@@ -158,15 +158,11 @@ def train_loop_per_worker(config: dict) -> None:
                          "skipped_samples": skips.count}, step)
             clock, timed_steps = time.perf_counter(), 0
         if step % s1.val_every == 0 or final:
-            last_val, (first, hist) = validate(model, val_urls, settings, rank, world, device)
-            mlf.metrics(last_val, step)
+            val, (first, hist) = validate(model, val_urls, settings, rank, world, device)
+            mlf.metrics(val, step)
             _log_pictures(mlf, step, first, hist, final)
             clock, timed_steps = time.perf_counter(), 0
         if step % s1.checkpoint_every == 0 or final:
-            checkpoint = None
-            if rank == 0:
-                checkpoint = save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "step": step})
-            # every rank reports (a barrier); only rank 0 hands over a checkpoint
-            ray.train.report({"step": step, **last_val}, checkpoint=checkpoint)
+            report(step, rank, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "step": step}, val)
             clock, timed_steps = time.perf_counter(), 0

@@ -18,7 +18,7 @@ from pipeline.codes import read_codes
 from pipeline.config import Settings
 from pipeline.models.pixelcnn import GatedPixelCNN
 from pipeline.train.common import (RankZeroMlflow, all_reduce_sum, device_and_autocast,
-                                   gaussian_bits_per_dim, load_checkpoint, save_checkpoint)
+                                   gaussian_bits_per_dim, load_checkpoint, report)
 
 REPORT_KEYS = ("val_nll_bits_per_code", "val_bits_per_dim", "uniform_bits_per_code")
 
@@ -85,7 +85,6 @@ def train_loop_per_worker(config: dict) -> None:
         mlf.metrics({"resumed_from_step": start}, start)
     # Seeded by step too: a resumed run draws fresh batches rather than replaying the first ones.
     rng = np.random.default_rng([s2.seed, rank, start])
-    last_val: dict = {}
     clock, timed_steps = time.perf_counter(), 0
     for step in range(start + 1, s2.steps + 1):
         idx = torch.from_numpy(rng.integers(0, len(train_codes), s2.batch_size))
@@ -97,6 +96,7 @@ def train_loop_per_worker(config: dict) -> None:
         loss.backward()
         optimizer.step()
         timed_steps += 1
+        val: dict = {}
 
         final = step == s2.steps
         if step % s2.log_every == 0 or final:
@@ -105,13 +105,10 @@ def train_loop_per_worker(config: dict) -> None:
                          "samples_per_s": timed_steps * s2.batch_size * world / max(elapsed, 1e-9)}, step)
             clock, timed_steps = time.perf_counter(), 0
         if step % s2.val_every == 0 or final:
-            last_val = validate(model, val_codes, val_labels, s2.batch_size, device, info)
-            mlf.metrics(last_val, step)
+            val = validate(model, val_codes, val_labels, s2.batch_size, device, info)
+            mlf.metrics(val, step)
             clock, timed_steps = time.perf_counter(), 0
         if step % s2.checkpoint_every == 0 or final:
-            checkpoint = None
-            if rank == 0:
-                checkpoint = save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "step": step})
-            ray.train.report({"step": step, **last_val}, checkpoint=checkpoint)  # a barrier on every rank
+            report(step, rank, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "step": step}, val)
             clock, timed_steps = time.perf_counter(), 0
