@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from pipeline.errors import UserError
 
@@ -98,6 +98,51 @@ class SampleConfig(_Section):
     seed: int = 0
 
 
+_SAMPLERS = {"choice", "uniform", "loguniform", "randint"}
+
+
+class TuneSection(_Section):
+    """Ray Tune over stage-1 keys (jobs/tune_codebook.py). Each `space` entry names a `stage1.*`
+    key and gives either a list (grid search: every value is tried) or one sampler,
+    `{choice: [...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}` or `{randint: [lo, hi]}`
+    (drawn `num_samples` times). ASHA stops trials whose `val_mse` trails at a rung.
+    Every trial is validated when the settings load (Settings.trial_tree)."""
+    space: dict[str, Any] = Field(default_factory=lambda: {"stage1.codebook_size": [64, 128, 256, 512]})
+    num_samples: int = Field(1, ge=1)  # repeats of the grid / draws of the samplers
+    max_concurrent_trials: int = Field(2, ge=1)
+    # Fixed `section.key: value`s every trial runs with, e.g. shorter trials on fewer workers:
+    # {stage1.steps: 500, stage1.val_every: 50, ray.num_workers: 1}. stage1.steps is ASHA's max_t.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    grace_period: Optional[int] = Field(None, ge=1)  # steps before ASHA may stop a trial; else stage1.val_every
+    reduction_factor: float = Field(2.0, gt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_space(self) -> "TuneSection":
+        if not self.space:
+            raise ValueError("space is empty: name at least one stage1.* key")
+        for key, spec in self.space.items():
+            section, _, field = key.partition(".")
+            if section != "stage1" or field not in Stage1Config.model_fields:
+                raise ValueError(f"space key {key!r} is not a stage1.* key")
+            if isinstance(spec, list):
+                values = spec
+            elif isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in _SAMPLERS:
+                kind, values = next(iter(spec.items()))
+                if not isinstance(values, list) or (kind != "choice" and len(values) != 2):
+                    raise ValueError(f"space {key}: {kind} takes a list" + ("" if kind == "choice" else " [lo, hi]"))
+            else:
+                raise ValueError(f"space {key}: expected a list of values or one of {sorted(_SAMPLERS)}")
+            if not values:
+                raise ValueError(f"space {key}: no values")
+            for value in values:  # every candidate must be a valid stage1 value
+                try:
+                    Stage1Config.model_validate({field: value})
+                except ValidationError as e:
+                    raise ValueError(f"space {key}: {value!r}: {e.errors()[0]['msg']}") from None
+        return self
+
+
 class Settings(_Section):
     workdir: str
     overwrite: bool = False
@@ -108,6 +153,7 @@ class Settings(_Section):
     codes: CodesConfig = CodesConfig()
     stage2: Stage2Config = Stage2Config()
     sample: SampleConfig = SampleConfig()
+    tune: TuneSection = TuneSection()
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +169,35 @@ class Settings(_Section):
         if isinstance(data, dict) and isinstance(data.get("root"), str):
             root = data["root"].replace("{workdir}", workdir)
             tree["data"] = {**data, "root": root if "://" in root else str(Path(root).expanduser().resolve())}
+        return tree
+
+    @model_validator(mode="after")
+    def _check_trials(self, info: ValidationInfo) -> "Settings":
+        # Every trial's config must be valid before the search starts, not minutes into it.
+        if (info.context or {}).get("trial"):
+            return self
+        for key, spec in self.tune.space.items():
+            for value in spec if isinstance(spec, list) else spec.get("choice", [None]):
+                params = {} if value is None else {key: value}
+                try:
+                    Settings.model_validate(self.trial_tree(params), context={"trial": True})
+                except ValidationError as e:
+                    raise ValueError(_format_error(e, f"tune trial {params}")) from None
+        return self
+
+    def trial_tree(self, params: dict[str, Any]) -> dict:
+        """The config tree of one Tune trial: these settings, then `tune.overrides`, then the
+        trial's own `params` (both dotted `section.key: value`)."""
+        tree = self.model_dump()
+        for key, value in [*self.tune.overrides.items(), *params.items()]:
+            node = tree
+            *path, leaf = key.split(".")
+            for part in path:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"tune: {key!r} does not name a config key")
+                node = node[part]
+            node[leaf] = value
+        tree["tune"] = {**tree["tune"], "overrides": {}}  # a trial does not tune again
         return tree
 
     # Where each stage's outputs live (DESIGN.md, "Interfaces between stages").
@@ -178,6 +253,9 @@ def _format_error(err: ValidationError, source: str) -> str:
         return f"{source}: unknown key '{key}'"
     if first["type"] == "missing":
         return f"{source}: missing key '{key}'"
+    if first["type"] == "value_error":  # our own validators: the message names the key
+        msg = first["msg"].removeprefix("Value error, ")
+        return f"{source}: {msg}" if not first["loc"] else f"{source}: key '{key}': {msg}"
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{source}: key '{key}': {first['msg']}{shown}"

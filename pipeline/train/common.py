@@ -30,12 +30,15 @@ def save_checkpoint(state: dict):
 
 
 def report(step: int, rank: int, state, val: dict) -> None:
-    """Every rank reports (it is a barrier); only rank 0 hands over a checkpoint, `state()`.
+    """Report a step's validation metrics and/or a checkpoint. Every rank reports (it is a
+    barrier); only rank 0 hands over a checkpoint, `state()`, and only when `state` is given.
+
     `val` holds metrics only when they were computed at this very step: stage 2 keeps its best
-    checkpoint by them, so a checkpoint must never carry an earlier step's metrics."""
+    checkpoint by them, so a checkpoint must never carry an earlier step's metrics. Reports at
+    validation steps without a checkpoint are what Ray Tune's scheduler sees (jobs/tune_codebook.py)."""
     import ray.train
 
-    checkpoint = save_checkpoint(state()) if rank == 0 else None
+    checkpoint = save_checkpoint(state()) if rank == 0 and state is not None else None
     ray.train.report({"step": step, **val}, checkpoint=checkpoint)
 
 

@@ -68,9 +68,10 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
 
 
 def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config: dict, max_failures: int,
-        checkpoint_config=None):
+        checkpoint_config=None, callbacks: list | None = None):
     """Run `loop` on `ray.num_workers` DDP workers (GPUs when present); -> (Result, seconds).
-    The MLflow run is marked FAILED when training fails."""
+    The MLflow run is marked FAILED when training fails. `callbacks`: Ray Train callbacks
+    (Tune's TuneReportCallback inside a trial)."""
     init_ray(settings)
     from mlflow import MlflowClient
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -86,7 +87,8 @@ def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config:
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=settings.runs_dir,
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=checkpoint_config or CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=checkpoint_config or CheckpointConfig(num_to_keep=2),
+                             callbacks=callbacks),
     )
     start = time.perf_counter()
     try:

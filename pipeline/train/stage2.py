@@ -112,3 +112,5 @@ def train_loop_per_worker(config: dict) -> None:
             report(step, rank, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "step": step}, val)
             clock, timed_steps = time.perf_counter(), 0
+        elif val:
+            report(step, rank, None, val)

@@ -1,0 +1,333 @@
+"""Ray Tune over the codebook size (and any other stage-1 key): one full stage-1 TorchTrainer run
+per trial, ASHA early stopping on `val_mse`, one MLflow parent run with a child run per trial.
+
+    python jobs/tune_codebook.py --config configs/demo.yaml [--set tune.steps=300]
+
+The Train V2 + Tune pattern (NOTES-RAY.md): a Tune function trainable builds and fits a
+`TorchTrainer` whose `TuneReportCallback` forwards every `ray.train.report` to Tune, so ASHA sees
+`val_mse` at each validation step. Each trial's Train run is named by its Tune trial id, so a
+restored search resumes its trials from their checkpoints. The trial drivers take no CPU
+(`tune.with_resources(..., {"cpu": 0})`): only the Train workers hold resources, and a trial that
+ASHA stops frees them for the next.
+
+At the end the best completed trial's model is registered as a version of `vqvae-<data.name>`
+(taking `champion` by the usual rule), and a table of the trials is printed and logged with a
+plot of `val_mse` against K.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.errors import UserError
+from pipeline.train.driver import read_json, write_json
+
+METRIC = "val_mse"
+TABLE_KEYS = ("val_mse", "val_psnr", "perplexity", "codebook_usage")
+
+
+def search_name(settings: Settings) -> str:
+    """Named by what the search explores from what base: the same config restores or skips."""
+    shaping = {"stage1": settings.stage1.model_dump(), "tune": settings.tune.model_dump(),
+               "data": settings.data.name, "image_size": settings.data.image_size,
+               "num_workers": settings.ray.num_workers}
+    digest = hashlib.sha1(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"tune-{settings.data.name}-{digest}"
+
+
+def trial_settings(settings: Settings, params: dict[str, Any]) -> Settings:
+    """One trial's settings: the config, then `tune.overrides`, then the trial's values."""
+    return Settings.model_validate(settings.trial_tree(params), context={"trial": True})
+
+
+def param_space(settings: Settings) -> dict:
+    """Tune's nested param space from `tune.space`: lists are grid searches, dicts samplers."""
+    from ray import tune
+
+    samplers = {"choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
+                "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v)}
+    space: dict = {}
+    for key, spec in settings.tune.space.items():
+        if isinstance(spec, list):
+            space[key] = tune.grid_search(spec)
+        else:
+            kind, values = next(iter(spec.items()))
+            space[key] = samplers[kind](values)
+    return space
+
+
+def _with_tracking_uri(settings: Settings) -> Settings:
+    """Trials run in other processes, where the environment may differ: pin the store here."""
+    tree = settings.model_dump()
+    tree["mlflow"]["tracking_uri"] = settings.tracking_uri
+    return Settings.model_validate(tree)
+
+
+def run_trial(params: dict, *, base: Settings, search: str, parent_run_id: str, experiment_id: str) -> None:
+    """One trial (runs in a Tune trial actor): a stage-1 TorchTrainer run logging into a child
+    MLflow run. The model is not logged here: ASHA may stop a trial on its very last report,
+    which would kill this function mid-way; the driver logs the best trial's model from its
+    final checkpoint instead."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline import tracking
+    from pipeline.stage1 import shard_lineage
+    from pipeline.train.driver import fit, mlflow_run
+    from pipeline.train.stage1 import train_loop_per_worker
+
+    settings = trial_settings(base, params)
+    trial_id = tune.get_context().get_trial_id()
+    name = f"{search}-{trial_id}"  # a restored trial finds its checkpoints and its MLflow run
+    tracking.setup_tracking(settings.tracking_uri, settings.experiment)
+    tags = {"tune_search": search, "tune_trial": trial_id,
+            **{f"tune.{k}": str(v) for k, v in params.items()}, **shard_lineage(settings)}
+    with tracking.children_of(parent_run_id):
+        run_id = mlflow_run(settings, name, experiment_id, tags, "tune-trial")
+    fit(settings, name, run_id, train_loop_per_worker, {}, settings.stage1.max_failures,
+        callbacks=[TuneReportCallback()])
+
+
+def tune_codebook(settings: Settings) -> dict:
+    from pipeline import tracking
+    from pipeline.stage1 import shard_lineage
+    from pipeline.train.driver import mlflow_run
+
+    lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
+    experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # exit 2 if down
+    search = search_name(settings)
+    search_dir = os.path.join(settings.runs_dir, search)
+    if settings.overwrite and os.path.isdir(search_dir):
+        import shutil
+
+        shutil.rmtree(search_dir)
+    done = read_json(os.path.join(search_dir, "result.json"))
+    if done is not None:
+        print(f"tune {settings.data.name}: search {search} already finished (registered "
+              f"{done['name']} v{done['version']}); nothing to do (--set overwrite=true redoes it)")
+        print(done["table"])
+        return done
+    base = _with_tracking_uri(settings)
+    template = trial_settings(settings, {})  # what every trial shares: steps (ASHA's max_t), cadence
+    parent = mlflow_run(settings, search, experiment_id, {**lineage, "tune_search": search}, "tune")
+    grid = _fit_search(settings, base, search, parent, experiment_id, template.stage1)
+    trials = _collect(settings, grid, parent, template.stage1.steps)
+    return _finish(settings, search, parent, trials, lineage)
+
+
+def _fit_search(settings: Settings, base: Settings, search: str, parent: str, experiment_id: str, trial):
+    from mlflow import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from pipeline.runtime import init_ray
+
+    _refuse_second_local_instance(settings)
+    init_ray(settings)
+    t = settings.tune
+    # Checkpoint-only reports carry no val_mse; ASHA skips them, but Tune's strict check would
+    # fail the trial on the first one. The metric is still required on validation reports.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, search=search, parent_run_id=parent,
+                             experiment_id=experiment_id),
+        # The trial driver only waits on its TorchTrainer, whose workers hold the CPUs/GPUs. Ray
+        # 2.60 refuses an all-zero request ({"cpu": 0} raises "empty head and zero worker
+        # bundles"), and any CPU fraction would keep 2 one-CPU trials from sharing 2 CPUs:
+        # the driver asks for one byte of memory instead.
+        {"cpu": 0, "memory": 1})
+    scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode="min", max_t=trial.steps,
+                              grace_period=min(t.grace_period or trial.val_every, trial.steps),
+                              reduction_factor=t.reduction_factor)
+    path = os.path.join(settings.runs_dir, search)
+    try:
+        if tune.Tuner.can_restore(path):
+            print(f"tune {settings.data.name}: resuming search {search}", flush=True)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space(settings),
+                tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=t.num_samples,
+                                            max_concurrent_trials=t.max_concurrent_trials),
+                run_config=tune.RunConfig(name=search, storage_path=settings.runs_dir, verbose=1))
+        return tuner.fit()
+    except BaseException:
+        MlflowClient(settings.tracking_uri).set_terminated(parent, status="FAILED")
+        raise
+
+
+def _refuse_second_local_instance(settings: Settings) -> None:
+    """A search started beside another local Ray instance would hang: Ray Train's placement-group
+    cleaner finds two instances, cannot query either, and the resources of trials ASHA stops are
+    never freed (NOTES-RAY.md, ray #54305). Say so at once, and how to join the running one."""
+    import ray
+
+    if ray.is_initialized() or settings.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    from ray._private.services import find_gcs_addresses
+
+    running = sorted(find_gcs_addresses())
+    if running:
+        raise UserError(
+            f"another Ray instance is running on this machine ({', '.join(running)}): a Tune search "
+            f"beside it would hang; join it (RAY_ADDRESS={running[0]}) or stop it (ray stop)")
+
+
+def _collect(settings: Settings, grid, parent: str, steps: int) -> list[dict]:
+    """One row per trial: its values, best val metrics, steps run, why it stopped; each child
+    MLflow run is closed with that reason."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    children = {r.data.tags.get("tune_trial"): r for r in client.search_runs(
+        [client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
+    rows = []
+    for result in grid:
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]  # fallback for display only
+        history = result.metrics_dataframe
+        validated = history.dropna(subset=[METRIC]) if history is not None and METRIC in history else None
+        best = validated.loc[validated[METRIC].idxmin()] if validated is not None and len(validated) else None
+        last = (result.metrics or {})
+        trial_id = last.get("trial_id", trial_id)
+        step = int(history["step"].max()) if history is not None and "step" in history else 0
+        child = children.get(trial_id)
+        final_ckpt = _checkpoint_at(history, steps)
+        if result.error is not None:
+            status, why = "FAILED", f"error: {str(result.error).strip().splitlines()[-1][:200]}"
+        elif step >= steps and final_ckpt is not None:
+            status, why = "FINISHED", "completed"
+        else:
+            status, why = "KILLED", f"stopped early by ASHA at step {step}"
+        row = {"trial": trial_id, **{k: result.config.get(k) for k in settings.tune.space},
+               **{k: (float(best[k]) if best is not None and k in best and not _nan(best[k]) else None)
+                  for k in TABLE_KEYS},
+               "steps": step, "status": status, "stop_reason": why,
+               "run_id": child.info.run_id if child is not None else None, "checkpoint": final_ckpt,
+               "final_val_mse": float(validated[METRIC].iloc[-1]) if validated is not None and len(validated) else None}
+        if child is not None:
+            client.set_tag(child.info.run_id, "stop_reason", why)
+            client.set_tag(child.info.run_id, "steps_run", str(step))
+            client.set_terminated(child.info.run_id, status=status)
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def _nan(value) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def _checkpoint_at(history, step: int) -> str | None:
+    """The checkpoint path Tune received with the report of `step` (TuneReportCallback puts it
+    in the metrics; Tune results carry no checkpoint object)."""
+    if history is None or "checkpoint_path" not in history or "step" not in history:
+        return None
+    paths = history.loc[history["step"] == step, "checkpoint_path"].dropna()
+    return str(paths.iloc[-1]) if len(paths) else None
+
+
+def format_table(rows: list[dict], keys: list[str]) -> str:
+    """The search as a fixed-width table: trial, searched values, best val metrics, steps, stop."""
+    short = {k: k.split(".", 1)[1] for k in keys}
+    header = ["trial", *short.values(), "best val_mse", "psnr", "perplexity", "usage", "steps", "stopped"]
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    lines = [[r["trial"], *(str(r[k]) for k in keys), fmt(r["val_mse"], ".5f"), fmt(r["val_psnr"], ".2f"),
+              fmt(r["perplexity"], ".1f"), fmt(r["codebook_usage"], ".2f"), str(r["steps"]),
+              r["stop_reason"] + (" *" if r.get("best") else "")] for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *lines]]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _plot(rows: list[dict], path: str) -> None:
+    """Best val_mse against K, completed trials as dots, early-stopped ones as crosses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for status, marker, label in (("FINISHED", "o", "completed"), ("KILLED", "x", "stopped early")):
+        pts = [(r["stage1.codebook_size"], r["val_mse"]) for r in rows
+               if r["status"] == status and r["val_mse"] is not None and r.get("stage1.codebook_size")]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, label=label)
+    ax.set_xscale("log", base=2)
+    ks = sorted({r["stage1.codebook_size"] for r in rows if r.get("stage1.codebook_size")})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set(xlabel="codebook size K", ylabel="best val_mse", title="stage-1 val_mse against K")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _log_trial_model(settings: Settings, search: str, row: dict, lineage: dict) -> None:
+    """Log a completed trial's model (its final checkpoint) into the trial's MLflow run."""
+    import mlflow
+    from ray.train import Checkpoint
+
+    from pipeline import tracking
+    from pipeline.train.driver import load_state
+    from pipeline.train.stage1 import build_model
+
+    model = build_model(trial_settings(settings, {k: row[k] for k in settings.tune.space}))
+    model.load_state_dict(load_state(Checkpoint(row["checkpoint"]))["model"])
+    with mlflow.start_run(run_id=row["run_id"]):
+        tracking.log_model(model, "model", metadata={"stage": "stage1", **lineage, "run_id": row["run_id"],
+                                                     "tune_search": search, "tune_trial": row["trial"]})
+
+
+def _finish(settings: Settings, search: str, parent: str, rows: list[dict], lineage: dict) -> dict:
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    client = MlflowClient(settings.tracking_uri)
+    done = [r for r in rows if r["status"] == "FINISHED" and r["final_val_mse"] is not None]
+    if not done:
+        client.set_terminated(parent, status="FAILED")
+        raise UserError(f"tune search {search}: no trial completed ({len(rows)} trials; see MLflow run {parent})")
+    best = min(done, key=lambda r: r["final_val_mse"])
+    best["best"] = True
+    keys = list(settings.tune.space)
+    table = format_table(rows, keys)
+    _log_trial_model(settings, search, best, lineage)
+    registered = f"vqvae-{settings.data.name}"
+    version, promoted = tracking.register_model(
+        best["run_id"], "model", registered, metric=METRIC, value=best["final_val_mse"],
+        tags={**{k: str(v) for k, v in lineage.items()}, "ray_run": f"{search}-{best['trial']}",
+              "tune_search": search, "tune_trial": best["trial"]})
+    with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
+        with open(os.path.join(tmp, "trials.txt"), "w") as f:
+            f.write(table + "\n")
+        with open(os.path.join(tmp, "trials.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        if "stage1.codebook_size" in keys:
+            _plot(rows, os.path.join(tmp, "val_mse_vs_K.png"))
+        client.log_artifacts(parent, tmp)
+    client.log_metric(parent, "best_val_mse", best["final_val_mse"])
+    for k, v in {"best_trial": best["trial"], "best_run_id": best["run_id"], "registered_version": version,
+                 **{f"best.{k}": str(best[k]) for k in keys}}.items():
+        client.set_tag(parent, k, v)
+    result = {"run_id": parent, "search": search, "name": registered, "version": version, "promoted": promoted,
+              "best_trial": best["trial"], "trials": rows, "table": table}
+    client.set_terminated(parent, status="FINISHED")
+    write_json(os.path.join(settings.runs_dir, search, "result.json"), result)
+    stopped = sum(r["status"] == "KILLED" for r in rows)
+    print(f"\ntune {settings.data.name}: {len(rows)} trials, {stopped} stopped early by ASHA\n{table}\n"
+          f"(* best completed trial) registered {registered} v{version}{' (champion)' if promoted else ''}; "
+          f"MLflow run {parent}", flush=True)
+    return result

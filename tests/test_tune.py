@@ -1,0 +1,105 @@
+"""Ray Tune over stage-1 keys: a real search of 4 trials, 2 at a time, ASHA on val_mse."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY_STAGE1, run_job, workdir_with_shards, write_config
+from pipeline.config import load_settings
+from pipeline.errors import UserError
+
+
+def test_space_is_validated_before_any_trial(tmp_path, demo_raw):
+    base = dict(stage1=TINY_STAGE1)
+    cases = {
+        "stage1.nope": "not a stage1.* key",
+        "ray.num_workers": "not a stage1.* key",
+    }
+    for key, message in cases.items():
+        cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw, tune={"space": {key: [1, 2]}}, **base)
+        with pytest.raises(UserError, match=message):
+            load_settings(cfg)
+    # a candidate that would break a trial is caught when the config loads
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw, **base,
+                       tune={"space": {"stage1.codebook_size": [16, 1]}})
+    with pytest.raises(UserError, match="codebook_size"):
+        load_settings(cfg)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw, **base,
+                       tune={"space": {"stage1.beta": [0.25]}, "overrides": {"stage1.steps": 0}})
+    with pytest.raises(UserError, match="stage1.steps"):
+        load_settings(cfg)
+
+
+@pytest.mark.slow
+def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, demo_raw, demo_shards):
+    work = workdir_with_shards(tmp_path, demo_shards)
+    # The job joins the session's Ray instance (4 logical CPUs) through RAY_ADDRESS, as a job
+    # joins a cluster. 4 trials, 2 at a time, 1 worker of 2 CPUs each: they only all run if the
+    # trials ASHA stops give their CPUs back. lr 1e-7 learns nothing: those two trials start
+    # after the lr 1e-3 ones (grid order) and must be stopped at the first rung (step 20).
+    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1,
+                       ray={"num_workers": 2, "cpus_per_worker": 2},
+                       tune={"space": {"stage1.codebook_size": [8, 32], "stage1.lr": [1e-3, 1e-7]},
+                             "max_concurrent_trials": 2, "grace_period": 20,
+                             "overrides": {"stage1.steps": 40, "stage1.val_every": 10,
+                                           "stage1.checkpoint_every": 20, "ray.num_workers": 1}})
+    address = ray_local.get_runtime_context().gcs_address
+    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=600, env={"RAY_ADDRESS": address})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "4 trials" in out and "best val_mse" in out, out[-2000:]
+
+    settings = load_settings(cfg)
+    client = MlflowClient(settings.tracking_uri)
+    exp = client.get_experiment_by_name("t")
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("stage") == "tune")
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.txt", "trials.json", "val_mse_vs_K.png"} <= artifacts
+    rows = json.loads(open(client.download_artifacts(parent.info.run_id, "trials.json", str(tmp_path))).read())
+    assert len(rows) == 4
+
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4
+    by_lr = {}
+    for child in children:
+        tags = child.data.tags
+        steps = int(tags["steps_run"])
+        if child.info.status == "FINISHED":
+            assert steps == 40 and tags["stop_reason"] == "completed"
+        else:
+            assert child.info.status == "KILLED" and steps < 40, (child.info.status, steps)
+            assert tags["stop_reason"] == f"stopped early by ASHA at step {steps}"
+        # every child logged its own trial's values and val metrics
+        assert child.data.params["stage1.codebook_size"] == tags["tune.stage1.codebook_size"]
+        assert child.data.params["stage1.steps"] == "40"
+        assert "val_mse" in child.data.metrics
+        by_lr.setdefault(float(child.data.params["stage1.lr"]), []).append((child.info.status, steps))
+    assert sorted(by_lr[1e-7]) == [("KILLED", 20), ("KILLED", 20)], by_lr
+
+    # the best completed trial is registered and takes champion; its model loads back
+    from pipeline import tracking
+
+    tracking.setup_tracking(settings.tracking_uri, "t")
+    info = tracking.resolve("models:/vqvae-t@champion")
+    best = min((r for r in rows if r["status"] == "FINISHED"), key=lambda r: r["final_val_mse"])
+    assert info["tags"]["tune_trial"] == best["trial"] == parent.data.tags["best_trial"]
+    assert float(info["tags"]["metric.val_mse"]) == pytest.approx(best["final_val_mse"])
+    model = tracking.load_vqvae("models:/vqvae-t@champion")
+    assert model.vq.num_codes == best["stage1.codebook_size"]
+
+    # the same search again does nothing
+    again = run_job("tune_codebook.py", "--config", str(cfg), timeout=120, env={"RAY_ADDRESS": address})
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
+
+
+def test_refuses_to_start_a_second_local_instance(tmp_path, ray_local, demo_raw, demo_shards):
+    """Beside another local instance a search would hang (ray #54305): one line, exit 2."""
+    work = workdir_with_shards(tmp_path, demo_shards)
+    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1)
+    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=120)  # no RAY_ADDRESS
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: another Ray instance is running")
+    assert ray_local.get_runtime_context().gcs_address in proc.stderr
