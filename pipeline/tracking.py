@@ -77,6 +77,20 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(rest[1:]).expanduser().resolve()  # sqlite:///rel -> rel; sqlite:////abs -> /abs
 
 
+def set_tracking_uri(uri: str) -> None:
+    """`mlflow.set_tracking_uri`, leaving the environment as it was: MLflow also exports
+    MLFLOW_TRACKING_URI, which Settings reads first, so a second workdir in the same process
+    would otherwise log into the first one's store."""
+    import mlflow
+
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
 def setup_tracking(tracking_uri: str, experiment: str) -> str:
     """Point MLflow at `tracking_uri` and return the id of `experiment` (created if missing).
 
@@ -84,7 +98,6 @@ def setup_tracking(tracking_uri: str, experiment: str) -> str:
     workers inherit and which silently overrides the experiment they ask for. Callers pass the
     returned id to `start_run(experiment_id, ...)` instead.
     """
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -99,14 +112,7 @@ def setup_tracking(tracking_uri: str, experiment: str) -> str:
             # Without this, new experiments store artifacts in ./mlruns of whatever directory the
             # process runs in (Ray workers chdir into their session folder): keep them by the db.
             artifact_location = (db.parent / "mlartifacts").as_uri()
-    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which Settings reads first: a
-    # second workdir in the same process would then log into the first one's store.
-    exported = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri)
-    if exported is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = exported
+    set_tracking_uri(tracking_uri)
 
     client = MlflowClient()
     try:
