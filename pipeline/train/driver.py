@@ -50,6 +50,7 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
     """The MLflow run of this Ray run: created with every config value as a param, or the one an
     interrupted attempt created."""
     from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     from pipeline import tracking
 
@@ -60,9 +61,13 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
         print(f"{stage} {settings.data.name}: resuming {name} (MLflow run {started['run_id']})")
         return started["run_id"]
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    run = client.create_run(experiment_id, run_name=name, tags={"stage": stage, **tags, **tracking.parent_tag()})
-    for key, value in settings_to_params(settings).items():
-        client.log_param(run.info.run_id, key, "" if value is None else value)
+    tags = {k: str(v) for k, v in {"stage": stage, **tags, **tracking.parent_tag()}.items()}  # REST: strings only
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    # One batch, values as strings: the REST store refuses non-string values (lists, e.g.
+    # tune.space's), and one request per param is slow against a remote server.
+    params = [Param(k, "" if v is None else str(v)) for k, v in settings_to_params(settings).items()]
+    for start in range(0, len(params), 100):  # MLflow's limit per batch
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
     write_json(os.path.join(run_dir, "mlflow.json"), {"run_id": run.info.run_id})
     return run.info.run_id
 

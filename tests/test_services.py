@@ -1,0 +1,167 @@
+"""The cluster path on real services started here on 127.0.0.1 and stopped after: a Ray head
+(`ray start --head`) taking a stage-1 job through `ray job submit`'s API, and an `mlflow server`
+that stage 1 and codes log to from Ray workers."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, TINY_STAGE1, run_job, workdir_with_shards, write_config
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args[:3]} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} not up after {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def service(args: list[str], url: str, log: Path, env: dict | None = None, seconds: float = 90):
+    """A server process in its own process group, up when `url` answers 200, stopped after."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_for(url, seconds, proc, log)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def submit(client, seconds: float = 60, **job) -> str:
+    """submit_job, retried while the head's job agent is still starting ("No available agent")."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_stage1_on_a_real_head(tmp_path, demo_raw, demo_shards):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    work = workdir_with_shards(tmp_path, demo_shards)
+    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1={**TINY_STAGE1, "steps": 30},
+                       ray={"num_workers": 2, "cpus_per_worker": 1})
+    gcs, dashboard = free_port(), free_port()
+    short_tmp = tempfile.mkdtemp(prefix="rayhead-")  # unix socket paths must stay under 108 bytes
+    # As a user does after `source .venv/bin/activate`: the head's PATH finds the venv's python.
+    env = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    # Every port explicit: beside the session's own Ray instance, a second head on the default
+    # dashboard-agent port never gets a job agent ("No available agent to submit job").
+    agent_ports = [f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "ray-client-server-port",
+                                                          "runtime-env-agent-port", "metrics-export-port")]
+    head = [f"{VENV_BIN}/ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *agent_ports, "--num-cpus=4",
+            f"--temp-dir={short_tmp}", "--disable-usage-stats"]
+    address = f"http://127.0.0.1:{dashboard}"
+    with service(head, f"{address}/api/version", tmp_path / "head.log", env=env, seconds=120):
+        client = JobSubmissionClient(address)
+        job = submit(client, entrypoint=f"python jobs/stage1.py --config {cfg}",
+                     runtime_env={"working_dir": str(REPO)})
+        deadline = time.monotonic() + 400
+        while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
+            time.sleep(2)
+        logs = client.get_job_logs(job)
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+        # the job joined the head it was submitted to, never a local instance of its own
+        assert re.search(rf"ray: joined the cluster at [0-9.]+:{gcs} \(4 CPU", logs), logs[-3000:]
+        assert "started a local instance" not in logs
+    assert not port_open(gcs) and not port_open(dashboard)  # the head is gone
+    shutil.rmtree(short_tmp, ignore_errors=True)
+
+    settings_uri = f"sqlite:///{work}/mlflow.db"
+    runs = MlflowClient(settings_uri).search_runs([MlflowClient(settings_uri).get_experiment_by_name("t").experiment_id])
+    (run,) = [r for r in runs if r.data.tags.get("stage") == "stage1"]
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in MlflowClient(settings_uri).get_metric_history(run.info.run_id, "val_mse")] == [30]
+    assert MlflowClient(settings_uri).get_registered_model("vqvae-t").aliases == {"champion": 1}
+
+
+@pytest.mark.slow
+def test_stages_log_to_a_real_mlflow_server(tmp_path, demo_raw, demo_shards):
+    """Stage 1 and codes, their Ray workers logging over HTTP; artifacts proxied by the server."""
+    import torch
+
+    from pipeline import tracking
+
+    work = workdir_with_shards(tmp_path, demo_shards)
+    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1={**TINY_STAGE1, "steps": 30},
+                       ray={"num_workers": 2, "cpus_per_worker": 1, "num_cpus": 4})
+    store, artifacts, port = tmp_path / "server" / "mlflow.db", tmp_path / "server" / "artifacts", free_port()
+    store.parent.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+              "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts),
+              "--workers", "1"]
+    with service(server, f"{uri}/health", tmp_path / "mlflow.log"):
+        env = {"MLFLOW_TRACKING_URI": uri}
+        for job in ("stage1.py", "dump_codes.py"):
+            proc = run_job(job, "--config", str(cfg), timeout=400, env=env)
+            assert proc.returncode == 0, (job, proc.stderr[-3000:])
+        assert not (work / "mlflow.db").exists()  # nothing went to the local default store
+
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("t")
+        runs = {r.data.tags.get("stage"): r for r in client.search_runs([exp.experiment_id])}
+        assert runs["stage1"].info.status == "FINISHED" and runs["codes"].info.status == "FINISHED"
+        # rank 0 logged through the server: metrics and the reconstructions picture
+        assert [m.step for m in client.get_metric_history(runs["stage1"].info.run_id, "val_mse")] == [30]
+        assert any(p.name.endswith(".png") for p in artifacts.rglob("reconstructions/*"))
+        assert runs["codes"].data.tags["vqvae_version"] == "1"
+
+        # the registered model comes back through the server and matches the codes on disk
+        tracking.setup_tracking(uri, "t")
+        model = tracking.load_vqvae("models:/vqvae-t@champion")
+        assert model.vq.num_codes == TINY_STAGE1["codebook_size"]
+        weights = next(artifacts.rglob("weights.safetensors"))
+        from safetensors.torch import load_file
+
+        on_disk = load_file(str(weights))
+        assert all(torch.equal(on_disk[k], v) for k, v in model.state_dict().items() if k in on_disk)
+        assert list((work / "codes" / "t" / "v1" / "train").glob("*.parquet"))
