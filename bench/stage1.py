@@ -4,7 +4,9 @@ beside a plain single-process PyTorch loop with the same model, optimizer, batch
     python bench/stage1.py [--steps 300] [--workers 1] [--threads 1] [--repeats 2]
 
 With --workers 1 both sides do the same single-process compute, so the gap is Ray's and MLflow's
-overhead (target: under 10 %). The plain loop runs with torch.set_num_threads(--threads), the
+overhead (target: under 10 %). A third row runs the plain loop itself inside a Ray Train worker:
+the gap it shows belongs to the worker process (where it runs, beside Ray's daemons), not to the
+stage's loop. The plain loop runs with torch.set_num_threads(--threads), the
 intra-op threads a Ray Train worker gets (Ray sets OMP_NUM_THREADS to its CPUs, cpus_per_worker);
 it is also shown at 1 thread. --workers 2 adds a DDP run, compared with the plain loop given the
 same number of cores.
@@ -74,6 +76,29 @@ def plain_loop(settings: Settings, threads: int, warmup: int) -> tuple[float, fl
     return (s1.steps - warmup) * s1.batch_size / (end - clock), statistics.median(rates), end - start
 
 
+def plain_in_train_worker(settings: Settings, threads: int, warmup: int) -> tuple[float, float, float]:
+    """`plain_loop` run inside a 1-worker Ray Train worker (no MLflow, no checkpoints): splits the
+    gap into what the worker process costs (placement beside Ray's daemons) and what the stage's
+    own loop adds (reports, MLflow, timers)."""
+    import json
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = Path(tempfile.mkdtemp(prefix="bench-worker-")) / "rate.json"
+
+    def fn(config):
+        sys.path.insert(0, str(Path(config["bench"]).parent))
+        from stage1 import plain_loop as loop  # this file, imported in the worker
+
+        out.write_text(json.dumps(loop(Settings.model_validate(config["settings"]), threads, warmup)))
+
+    TorchTrainer(fn, train_loop_config={"settings": settings.model_dump(), "bench": __file__},
+                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
+                 run_config=RunConfig(name=out.parent.name, storage_path=str(out.parent))).fit()
+    return tuple(json.loads(out.read_text()))
+
+
 def ray_run(settings: Settings) -> tuple[float, float, float, float]:
     """train_stage1 end to end; returns (steady samples/s, median of the windows, wall s, fit s)."""
     from mlflow import MlflowClient
@@ -131,6 +156,10 @@ def main() -> None:
         t = time.perf_counter()
         init_ray(settings)
         ray_init = max(ray_init, time.perf_counter() - t)
+        result = plain_in_train_worker(settings, a.threads, a.log_every)
+        keep(("worker", 1), (*result, None))
+        print(f"[{rep + 1}/{a.repeats}] plain loop in a Ray Train worker: {result[0]:.1f} samples/s "
+              f"(median window {result[1]:.1f})", flush=True)
         for workers in sorted({1, a.workers}):
             s = load_settings(CONFIG, base + [f"ray.num_workers={workers}"])
             result = ray_run(s)
@@ -149,9 +178,14 @@ def main() -> None:
     def vs(rate: float, base_rate: float, same: bool) -> str:
         return f"{1 - rate / base_rate:.1%}" if same else f"{rate / base_rate:.2f}x"
 
-    for (kind, n), (rate, median, wall, fit) in sorted(best.items()):
+    order = {"plain": 0, "worker": 1, "ray": 2}
+    for (kind, n), (rate, median, wall, fit) in sorted(best.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
         if kind == "plain":
             name, gap, gap_m = f"plain PyTorch, {n} thread{'s' if n > 1 else ''}", "", ""
+        elif kind == "worker":
+            name = "plain loop in a Train worker"
+            ref = best[("plain", a.threads)]
+            gap, gap_m = vs(rate, ref[0], True), vs(median, ref[1], True)
         else:
             name = f"Ray Train + MLflow, {n}x{a.threads} CPU"
             ref, same = best[("plain", n * a.threads)], n == 1
@@ -159,7 +193,8 @@ def main() -> None:
         print(f"{name:30s} {rate:9.1f} {gap:>8s} {median:7.1f} {gap_m:>8s} {wall:7.1f} "
               f"{'' if fit is None else f'{fit:6.1f}':>6s}")
     print("overhead: 1 - Ray/plain at the same threads (1 worker); for more workers, Ray/plain with as many "
-          "threads as the workers' CPUs together (the DDP speed-up)")
+          "threads as the workers' CPUs together (the DDP speed-up). 'plain loop in a Train worker' is the same "
+          "plain loop run inside a Ray Train worker: its gap is the worker process's, the rest is the stage's loop")
 
 
 if __name__ == "__main__":
