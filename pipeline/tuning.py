@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
-from pipeline.train.driver import read_json, write_json
+from pipeline.train.driver import write_json
 
 METRIC = "val_mse"
 TABLE_KEYS = ("val_mse", "val_psnr", "perplexity", "codebook_usage")
@@ -96,17 +96,12 @@ def run_trial(params: dict, *, base: Settings, search: str, parent_run_id: str, 
 def tune_codebook(settings: Settings) -> dict:
     from pipeline import tracking
     from pipeline.stage1 import shard_lineage
-    from pipeline.train.driver import mlflow_run
+    from pipeline.train.driver import finished_result, mlflow_run
 
     lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # exit 2 if down
     search = search_name(settings)
-    search_dir = os.path.join(settings.runs_dir, search)
-    if settings.overwrite and os.path.isdir(search_dir):
-        import shutil
-
-        shutil.rmtree(search_dir)
-    done = read_json(os.path.join(search_dir, "result.json"))
+    done = finished_result(settings, search)  # overwrite=true forgets it
     if done is not None:
         print(f"tune {settings.data.name}: search {search} already finished (registered "
               f"{done['name']} v{done['version']}); nothing to do (--set overwrite=true redoes it)")
@@ -188,12 +183,11 @@ def _collect(settings: Settings, grid, parent: str, steps: int) -> list[dict]:
         [client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
     rows = []
     for result in grid:
-        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]  # fallback for display only
+        # Tune puts trial_id in every result; a trial that never reported has only its folder
+        trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(result.path.rstrip("/"))
         history = result.metrics_dataframe
         validated = history.dropna(subset=[METRIC]) if history is not None and METRIC in history else None
         best = validated.loc[validated[METRIC].idxmin()] if validated is not None and len(validated) else None
-        last = (result.metrics or {})
-        trial_id = last.get("trial_id", trial_id)
         step = int(history["step"].max()) if history is not None and "step" in history else 0
         child = children.get(trial_id)
         final_ckpt = _checkpoint_at(history, steps)

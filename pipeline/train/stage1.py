@@ -162,9 +162,8 @@ def train_loop_per_worker(config: dict) -> None:
             mlf.metrics(val, step)
             _log_pictures(mlf, step, first, hist, final)
             clock, timed_steps = time.perf_counter(), 0
-        if step % s1.checkpoint_every == 0 or final:
-            report(step, rank, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "step": step}, val)
+        checkpoint = step % s1.checkpoint_every == 0 or final
+        if checkpoint or val:  # validation steps reach Ray Tune's scheduler even without a checkpoint
+            report(step, rank, (lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "step": step}) if checkpoint else None, val)
             clock, timed_steps = time.perf_counter(), 0
-        elif val:
-            report(step, rank, None, val)

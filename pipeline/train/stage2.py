@@ -108,9 +108,8 @@ def train_loop_per_worker(config: dict) -> None:
             val = validate(model, val_codes, val_labels, s2.batch_size, device, info)
             mlf.metrics(val, step)
             clock, timed_steps = time.perf_counter(), 0
-        if step % s2.checkpoint_every == 0 or final:
-            report(step, rank, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "step": step}, val)
+        checkpoint = step % s2.checkpoint_every == 0 or final
+        if checkpoint or val:  # validation steps reach Ray Tune's scheduler even without a checkpoint
+            report(step, rank, (lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "step": step}) if checkpoint else None, val)
             clock, timed_steps = time.perf_counter(), 0
-        elif val:
-            report(step, rank, None, val)
