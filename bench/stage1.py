@@ -4,12 +4,15 @@ beside a plain single-process PyTorch loop with the same model, optimizer, batch
     python bench/stage1.py [--steps 300] [--workers 1] [--threads 1] [--repeats 2]
 
 With --workers 1 both sides do the same single-process compute, so the gap is Ray's and MLflow's
-overhead (target: under 10 %). A third row runs the plain loop itself inside a Ray Train worker:
-the gap it shows belongs to the worker process (where it runs, beside Ray's daemons), not to the
-stage's loop. The plain loop runs with torch.set_num_threads(--threads), the
-intra-op threads a Ray Train worker gets (Ray sets OMP_NUM_THREADS to its CPUs, cpus_per_worker);
-it is also shown at 1 thread. --workers 2 adds a DDP run, compared with the plain loop given the
-same number of cores.
+overhead (target: under 10 %). The plain loop runs in a fresh process each time, twice: with
+glibc's malloc defaults, and with `pipeline.runtime.keep_freed_memory()`, which the stage's
+workers call. The gap between those two is the allocator's (a fresh process unmaps and faults in
+every activation over 128 KiB on every step), not Ray's; the overhead is measured against the
+second, the same allocator the workers have. A third row runs that same plain loop inside a Ray
+Train worker: its gap belongs to the worker process, the rest is the stage's own loop. The plain
+loop runs with torch.set_num_threads(--threads), the intra-op threads a Ray Train worker gets (Ray
+sets OMP_NUM_THREADS to its CPUs, cpus_per_worker); it is also shown at 1 thread. --workers 2 adds
+a DDP run, compared with the plain loop given the same number of cores.
 
 Ray's samples/s is the stage's own `samples_per_s` metric read back from MLflow (validation and
 checkpoint time excluded, first point dropped as warm-up); the plain loop's excludes its first
@@ -38,15 +41,18 @@ from pipeline.data.demo import make_demo_data  # noqa: E402
 from pipeline.data.reader import SkipCounter, shard_urls, train_batches  # noqa: E402
 from pipeline.data.shard import shard_dataset  # noqa: E402
 from pipeline.modalities import image as modality  # noqa: E402
+from pipeline.runtime import keep_freed_memory  # noqa: E402
 from pipeline.train.stage1 import build_model  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def plain_loop(settings: Settings, threads: int, warmup: int) -> tuple[float, float]:
+def plain_loop(settings: Settings, threads: int, warmup: int, keep_freed: bool = True) -> tuple[float, float, float]:
     """What a user would write without Ray or MLflow: the worker loop's compute, one process.
     Returns (samples/s after `warmup` steps, median of log_every-step windows, wall seconds for
     model build + all steps)."""
+    if keep_freed:
+        keep_freed_memory()
     s1 = settings.stage1
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -74,6 +80,16 @@ def plain_loop(settings: Settings, threads: int, warmup: int) -> tuple[float, fl
             window = now
     end = time.perf_counter()
     return (s1.steps - warmup) * s1.batch_size / (end - clock), statistics.median(rates), end - start
+
+
+def plain_in_fresh_process(settings: Settings, threads: int, warmup: int, keep_freed: bool) -> tuple:
+    """`plain_loop` in a new interpreter: the allocator state a user's script starts with (this
+    process has run Ray Data, whose large frees have already raised glibc's mmap threshold)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(plain_loop, settings, threads, warmup, keep_freed).result()
 
 
 def plain_in_train_worker(settings: Settings, threads: int, warmup: int) -> tuple[float, float, float]:
@@ -149,10 +165,12 @@ def main() -> None:
     ray_init = 0.0
     for rep in range(a.repeats):  # plain and Ray interleaved, so both see the same background load
         for threads in threads_plain:
-            rate, median, wall = plain_loop(settings, threads, a.log_every)
-            keep(("plain", threads), (rate, median, wall, None))
-            print(f"[{rep + 1}/{a.repeats}] plain loop, {threads} thread(s): {rate:.1f} samples/s "
-                  f"(median window {median:.1f})", flush=True)
+            for keep_freed in (False, True) if threads == a.threads else (True,):
+                rate, median, wall = plain_in_fresh_process(settings, threads, a.log_every, keep_freed)
+                keep(("plain" if keep_freed else "glibc", threads), (rate, median, wall, None))
+                print(f"[{rep + 1}/{a.repeats}] plain loop, {threads} thread(s), "
+                      f"{'freed memory kept' if keep_freed else 'glibc defaults'}: {rate:.1f} samples/s "
+                      f"(median window {median:.1f})", flush=True)
         t = time.perf_counter()
         init_ray(settings)
         ray_init = max(ray_init, time.perf_counter() - t)
@@ -178,10 +196,12 @@ def main() -> None:
     def vs(rate: float, base_rate: float, same: bool) -> str:
         return f"{1 - rate / base_rate:.1%}" if same else f"{rate / base_rate:.2f}x"
 
-    order = {"plain": 0, "worker": 1, "ray": 2}
+    order = {"glibc": 0, "plain": 1, "worker": 2, "ray": 3}
     for (kind, n), (rate, median, wall, fit) in sorted(best.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
-        if kind == "plain":
-            name, gap, gap_m = f"plain PyTorch, {n} thread{'s' if n > 1 else ''}", "", ""
+        if kind == "glibc":
+            name, gap, gap_m = f"plain, {n} thread{'s' if n > 1 else ''}, glibc malloc", "", ""
+        elif kind == "plain":
+            name, gap, gap_m = f"plain, {n} thread{'s' if n > 1 else ''}, freed kept", "", ""
         elif kind == "worker":
             name = "plain loop in a Train worker"
             ref = best[("plain", a.threads)]
@@ -194,7 +214,9 @@ def main() -> None:
               f"{'' if fit is None else f'{fit:6.1f}':>6s}")
     print("overhead: 1 - Ray/plain at the same threads (1 worker); for more workers, Ray/plain with as many "
           "threads as the workers' CPUs together (the DDP speed-up). 'plain loop in a Train worker' is the same "
-          "plain loop run inside a Ray Train worker: its gap is the worker process's, the rest is the stage's loop")
+          "plain loop run inside a Ray Train worker: its gap is the worker process's, the rest is the stage's loop. "
+          "Both sides keep freed memory (pipeline.runtime.keep_freed_memory); 'glibc malloc' is the plain loop "
+          "without it, for scale")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ class EncoderActor:
         import torch
 
         from pipeline import tracking
+        from pipeline.runtime import keep_freed_memory
 
+        keep_freed_memory()
         mlflow.set_tracking_uri(tracking_uri)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = tracking.load_vqvae(uri, self.device)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pipeline.config import Settings
 from pipeline.data.reader import SkipCounter, eval_batches, shard_urls, train_batches
 from pipeline.models.vqvae import VQVAE
+from pipeline.runtime import keep_freed_memory
 from pipeline.modalities import image as modality
 from pipeline.train.common import (RankZeroMlflow, all_reduce_sum, device_and_autocast,
                                    gaussian_bits_per_dim, load_checkpoint, report)
@@ -108,6 +109,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    keep_freed_memory()  # ~20 % more samples/s on CPU: no page faults on every step's activations
     settings = Settings.model_validate(config["settings"])
     s1 = settings.stage1
     ctx = ray.train.get_context()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pipeline.codes import read_codes
 from pipeline.config import Settings
 from pipeline.models.pixelcnn import GatedPixelCNN
+from pipeline.runtime import keep_freed_memory
 from pipeline.train.common import (RankZeroMlflow, all_reduce_sum, device_and_autocast,
                                    gaussian_bits_per_dim, load_checkpoint, report)
 
@@ -55,6 +56,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    keep_freed_memory()  # no page faults on every step's activations (pipeline/runtime.py)
     settings = Settings.model_validate(config["settings"])
     info = config["codes"]
     s2 = settings.stage2
