@@ -5,10 +5,12 @@ sampled. Each test checks one behaviour of that chain.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +165,60 @@ def test_a_prior_of_another_vqvae_version_is_refused(chain):
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "vqvae-t v1" in lines[0] and f"models:/vqvae-t/{version}" in lines[0], proc.stderr
+
+
+def _spoil_first_image(url: str, field: str) -> str:
+    """Rewrite a shard with its first sample's image bytes replaced by junk; returns that key."""
+    with tarfile.open(url) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    spoiled = next(m.name.rpartition(".")[0] for m, _ in members if m.name.endswith("." + field))
+    with tarfile.open(url, "w") as tar:
+        for m, data in members:
+            if m.name == f"{spoiled}.{field}":
+                data = b"not an image at all"
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    return spoiled
+
+
+def _truncate(url: str, fraction: float) -> tuple[set[str], set[str]]:
+    """Cut a shard short; returns (keys whose every member is still whole, keys that lost one)."""
+    cut = int(os.path.getsize(url) * fraction)
+    whole: dict[str, bool] = {}
+    with tarfile.open(url) as tar:
+        for m in tar:
+            key = m.name.rpartition(".")[0]
+            whole[key] = whole.get(key, True) and m.offset_data + m.size <= cut
+    with open(url, "r+b") as f:
+        f.truncate(cut)
+    return {k for k, ok in whole.items() if ok}, {k for k, ok in whole.items() if not ok}
+
+
+def test_a_corrupt_sample_and_a_truncated_shard_are_skipped_and_counted(chain, tmp_path):
+    """Runs last in the module: it adds a codes run to the chain's store (the shards are a copy)."""
+    from mlflow import MlflowClient
+
+    from pipeline.codes import dump_codes, read_codes, version_dir
+
+    settings = chain["settings"]
+    work = workdir_with_shards(tmp_path, Path(settings.shards_dir))
+    damaged = load_settings(chain["cfg"], [f"workdir={work}", f"mlflow.tracking_uri={settings.tracking_uri}"])
+    _, train_urls = shard_urls(damaged.shards_dir, "train")
+    _, val_urls = shard_urls(damaged.shards_dir, "val")
+    spoiled = _spoil_first_image(train_urls[0], "png")
+    kept, lost = _truncate(val_urls[-1], 0.6)
+    assert kept and lost
+
+    manifest = dump_codes(damaged)  # finishes: nothing is fatal
+    assert manifest["skipped"] == {"train": 1, "val": len(lost)}
+    good, folder = version_dir(settings, "1"), version_dir(damaged, "1")
+    for split, gone in (("train", {spoiled}), ("val", lost)):
+        all_codes, _, all_keys = read_codes(good, split)
+        codes, labels, keys = read_codes(folder, split)
+        assert set(keys) == set(all_keys) - gone and manifest["rows"][split] == len(keys)
+        # the samples that were read are encoded exactly as from the undamaged shards
+        assert np.array_equal(codes, all_codes[[all_keys.index(k) for k in keys]])
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    [run] = client.search_runs([experiment.experiment_id], filter_string=f"tags.codes_dir = '{folder}'")
+    assert run.data.metrics["skipped_train"] == 1 and run.data.metrics["skipped_val"] == len(lost)
