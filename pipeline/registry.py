@@ -64,9 +64,9 @@ def open_store(uri: str) -> None:
     database at a mistyped path and report no models instead of the typo."""
     scheme = uri.split(":", 1)[0].lower() if _SCHEME.match(uri) else ""
     if scheme in ("http", "https"):
-        tracking._check_server(uri)
+        tracking.check_server(uri)
     elif scheme.startswith("sqlite"):
-        db = tracking._sqlite_path(uri)
+        db = tracking.sqlite_path(uri)
         if db is not None and not db.is_file():
             raise UserError(f"no MLflow store at {uri}: {db} does not exist")
     elif scheme in ("", "file"):
@@ -84,7 +84,7 @@ def _mlflow_errors(what: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as e:
-        if tracking._is_not_found(e):
+        if tracking.is_not_found(e):
             raise UserError(f"{what} does not exist") from None
         raise UserError(f"{what}: {e.message.splitlines()[0]}") from None
 
@@ -132,7 +132,7 @@ def _history(client, run_id: str, key: str) -> list:
     try:
         return client.get_metric_history(run_id, key)
     except MlflowException as e:
-        if tracking._is_not_found(e):
+        if tracking.is_not_found(e):
             return []
         raise
 
@@ -232,7 +232,7 @@ def _last_metrics(client, run_id: str | None) -> dict[str, float | None]:
     try:
         return {k: _number(v) for k, v in sorted(client.get_run(run_id).data.metrics.items())}
     except MlflowException as e:
-        if tracking._is_not_found(e):
+        if tracking.is_not_found(e):
             return {}
         raise
 

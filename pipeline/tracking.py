@@ -54,7 +54,7 @@ def _model_classes() -> dict[str, type[nn.Module]]:
 # Setup and runs
 
 
-def _check_server(uri: str) -> None:
+def check_server(uri: str) -> None:
     """Fail in seconds, not after MLflow's minutes of HTTP retries, when the server is down."""
     url = uri.rstrip("/") + "/health"
     try:
@@ -69,7 +69,7 @@ def _check_server(uri: str) -> None:
         raise UserError(f"MLflow tracking server unreachable at {uri}: GET /health gave HTTP {status}")
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///...` URI (relative or absolute), None for :memory:."""
     rest = uri[len("sqlite://"):].split("?", 1)[0]
     if not rest.startswith("/") or rest in ("/", "/:memory:"):
@@ -104,9 +104,9 @@ def setup_tracking(tracking_uri: str, experiment: str) -> str:
     scheme = tracking_uri.split(":", 1)[0].lower()
     artifact_location = None
     if scheme in ("http", "https"):
-        _check_server(tracking_uri)
+        check_server(tracking_uri)
     elif scheme.startswith("sqlite"):
-        db = _sqlite_path(tracking_uri)
+        db = sqlite_path(tracking_uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             # Without this, new experiments store artifacts in ./mlruns of whatever directory the
@@ -309,7 +309,8 @@ def load_prior(uri: str, device: str | torch.device = "cpu") -> nn.Module:
 # Registry
 
 
-def _is_not_found(e: Exception) -> bool:
+def is_not_found(e: Exception) -> bool:
+    """An MlflowException for a model, version, run or experiment that does not exist."""
     return getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
 
 
@@ -335,7 +336,7 @@ def resolve(uri: str) -> dict:
             version = max(int(v.version) for v in versions)
         mv = client.get_model_version(name, str(version))
     except MlflowException as e:
-        if _is_not_found(e):
+        if is_not_found(e):
             raise UserError(f"model {uri} does not exist") from None
         raise UserError(f"model {uri}: {e.message.splitlines()[0]}") from None
     aliases = [a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version)]
@@ -382,7 +383,7 @@ def register_model(
     try:
         client.get_registered_model(name)
     except MlflowException as e:
-        if not _is_not_found(e):
+        if not is_not_found(e):
             raise
         try:
             client.create_registered_model(name)
