@@ -10,7 +10,7 @@ Output, per model version (so the codes of two versions never mix):
 `codes` is the flattened index grid (raster order) in the smallest integer type that holds K;
 the grid shape is in the manifest. Shards are opened inside Ray Data tasks with tarfile (not
 `read_webdataset`: it mis-groups members and builds a DataFrame per sample, NOTES-RAY.md), and
-one actor per pool slot loads the model once. Splits are written to a temporary folder that is
+`codes.actors` actors each load the model once. Splits are written to a temporary folder that is
 renamed into place; the manifest is written last, so a folder without one is unfinished.
 A sample that does not decode, or the rest of a damaged tar, is skipped and counted (the shard
 manifest's samples minus the rows written): the manifest's `skipped`, the run's `skipped_<split>`.
@@ -142,7 +142,7 @@ def _encode_split(urls: list[str], out: str, uri: str, tracking_uri: str, dtype:
         .flat_map(read_shard, fn_kwargs={"field": field})
         .map_batches(EncoderActor, fn_constructor_kwargs={"uri": uri, "tracking_uri": tracking_uri,
                                                           "dtype": dtype.name, "grid_size": grid_size},
-                     compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if gpu else 0,
+                     compute=ray.data.ActorPoolStrategy(size=settings.codes.actors), num_gpus=1 if gpu else 0,
                      batch_size=settings.codes.batch_size, batch_format="numpy")
         .write_parquet(out)
     )

@@ -73,6 +73,7 @@ class Stage1Config(_TrainingSection):
 class CodesConfig(_Section):
     model: Optional[str] = None  # else models:/vqvae-<data.name>@champion
     batch_size: int = Field(256, ge=1)
+    actors: int = Field(1, ge=1)  # encoder actors, each holding the model (and a GPU when GPUs are used)
 
 
 class Stage2Config(_TrainingSection):
