@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY_STAGE1, run_job, workdir_with_shards, write_config
+from conftest import REPO, TINY_STAGE1, run_job, workdir_with_shards, write_config
 from pipeline.config import load_settings
 from pipeline.errors import UserError
 
@@ -103,3 +109,62 @@ def test_refuses_to_start_a_second_local_instance(tmp_path, ray_local, demo_raw,
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: another Ray instance is running")
     assert ray_local.get_runtime_context().gcs_address in proc.stderr
+
+
+def _checkpointed_step(run_dir: Path) -> int:
+    """The step of the last checkpoint the Train controller registered (0: none yet)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_its_trials_from_their_checkpoints(tmp_path, ray_local, demo_raw, demo_shards):
+    from pipeline.tuning import search_name
+
+    work = workdir_with_shards(tmp_path, demo_shards)
+    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1,
+                       ray={"num_workers": 1, "cpus_per_worker": 1},
+                       tune={"space": {"stage1.codebook_size": [8, 16]}, "max_concurrent_trials": 2,
+                             "grace_period": 300,  # no early stops: both trials run to the end
+                             "overrides": {"stage1.steps": 300, "stage1.val_every": 100,
+                                           "stage1.checkpoint_every": 20}})
+    settings = load_settings(cfg)
+    runs = Path(settings.runs_dir)
+    address = ray_local.get_runtime_context().gcs_address
+    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "tune_codebook.py"), "--config", str(cfg)],
+                           cwd=REPO, env={**os.environ, "RAY_ADDRESS": address}, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trial_dirs: list = []
+    deadline = time.time() + 240
+    while time.time() < deadline and job.poll() is None:
+        trial_dirs = sorted(runs.glob(f"{search_name(settings)}-*"))
+        if len(trial_dirs) == 2 and all(_checkpointed_step(d) for d in trial_dirs):
+            break
+        time.sleep(0.2)
+    assert job.poll() is None, "the search ended before both trials had a checkpoint"
+    os.killpg(job.pid, signal.SIGKILL)  # the driver dies: Ray reaps its trials and Train workers
+    job.wait()
+    deadline = time.time() + 120
+    while time.time() < deadline and ray_local.available_resources().get("CPU", 0) < 4:
+        time.sleep(0.5)
+    last = {d.name: _checkpointed_step(d) for d in trial_dirs}  # read once every worker is gone
+    assert all(0 < step < 300 for step in last.values()), last  # killed mid-way
+
+    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=600, env={"RAY_ADDRESS": address})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming search" in proc.stdout and "2 trials" in proc.stdout, proc.stdout[-2000:]
+
+    client = MlflowClient(settings.tracking_uri)
+    exp = client.get_experiment_by_name("t")
+    [parent] = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("stage") == "tune"]
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # the same two trials and MLflow runs, carried on from their checkpoints, not started again
+    assert sorted(c.info.run_name for c in children) == sorted(last)
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["steps_run"] == "300"
+        resumed = child.data.metrics["resumed_from_step"]
+        assert resumed == last[child.info.run_name], (child.info.run_name, resumed, last)
