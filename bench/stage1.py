@@ -94,8 +94,8 @@ def plain_in_fresh_process(settings: Settings, threads: int, warmup: int, keep_f
 
 def plain_in_train_worker(settings: Settings, threads: int, warmup: int) -> tuple[float, float, float]:
     """`plain_loop` run inside a 1-worker Ray Train worker (no MLflow, no checkpoints): splits the
-    gap into what the worker process costs (placement beside Ray's daemons) and what the stage's
-    own loop adds (reports, MLflow, timers)."""
+    gap into what the worker process costs and what the stage's own loop adds (reports, MLflow,
+    timers)."""
     import json
 
     from ray.train import RunConfig, ScalingConfig

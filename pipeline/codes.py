@@ -28,8 +28,8 @@ import time
 import numpy as np
 
 from pipeline.config import Settings
-from pipeline.errors import UserError
 from pipeline.data.reader import shard_urls
+from pipeline.errors import UserError
 from pipeline.runtime import init_ray
 
 MANIFEST = "manifest.json"

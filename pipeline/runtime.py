@@ -63,4 +63,4 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20) -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = {_M_MMAP_THRESHOLD: mmap_threshold, _M_TRIM_THRESHOLD: 2 * mmap_threshold,
                 _M_TOP_PAD: 2 * mmap_threshold}
-    return all([bool(mallopt(param, value)) for param, value in settings.items()])
+    return all([bool(mallopt(param, value)) for param, value in settings.items()])  # a list: set every one

@@ -214,11 +214,12 @@ def test_a_corrupt_sample_and_a_truncated_shard_are_skipped_and_counted(chain, t
     assert manifest["skipped"] == {"train": 1, "val": len(lost)}
     good, folder = version_dir(settings, "1"), version_dir(damaged, "1")
     for split, gone in (("train", {spoiled}), ("val", lost)):
-        all_codes, _, all_keys = read_codes(good, split)
+        all_codes, all_labels, all_keys = read_codes(good, split)
         codes, labels, keys = read_codes(folder, split)
         assert set(keys) == set(all_keys) - gone and manifest["rows"][split] == len(keys)
-        # the samples that were read are encoded exactly as from the undamaged shards
-        assert np.array_equal(codes, all_codes[[all_keys.index(k) for k in keys]])
+        # the samples that were read are encoded (and labelled) exactly as from the undamaged shards
+        rows = [all_keys.index(k) for k in keys]
+        assert np.array_equal(codes, all_codes[rows]) and np.array_equal(labels, all_labels[rows])
     client = MlflowClient(settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment)
     [run] = client.search_runs([experiment.experiment_id], filter_string=f"tags.codes_dir = '{folder}'")

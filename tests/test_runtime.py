@@ -3,9 +3,8 @@ runs the loop: in a thread that has already allocated, so it has its own malloc 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 SCRIPT = """
 import json, resource, sys, threading
@@ -41,7 +40,7 @@ t.join()
 
 
 def faults(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(ROOT)), mode], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(REPO)), mode], capture_output=True,
                          text=True, check=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}).stdout
     return json.loads(out.strip().splitlines()[-1])
 

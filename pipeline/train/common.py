@@ -29,17 +29,24 @@ def save_checkpoint(state: dict):
     return Checkpoint.from_directory(folder)
 
 
-def report(step: int, rank: int, state, val: dict) -> None:
-    """Report a step's validation metrics and/or a checkpoint. Every rank reports (it is a
-    barrier); only rank 0 hands over a checkpoint, `state()`, and only when `state` is given.
+def report(step: int, rank: int, val: dict, checkpoint: tuple | None) -> bool:
+    """Report this step's validation metrics `val` and/or a checkpoint of `(model, optimizer)`;
+    nothing when there is neither. Returns whether it reported (callers restart their clocks).
+    Every rank reports (it is a barrier); only rank 0 saves the checkpoint.
 
     `val` holds metrics only when they were computed at this very step: stage 2 keeps its best
     checkpoint by them, so a checkpoint must never carry an earlier step's metrics. Reports at
     validation steps without a checkpoint are what Ray Tune's scheduler sees (jobs/tune_codebook.py)."""
     import ray.train
 
-    checkpoint = save_checkpoint(state()) if rank == 0 and state is not None else None
-    ray.train.report({"step": step, **val}, checkpoint=checkpoint)
+    if checkpoint is None and not val:
+        return False
+    saved = None
+    if rank == 0 and checkpoint is not None:
+        model, optimizer = checkpoint
+        saved = save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
+    ray.train.report({"step": step, **val}, checkpoint=saved)
+    return True
 
 
 def load_checkpoint(device) -> dict | None:

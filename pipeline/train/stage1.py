@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from pipeline.config import Settings
 from pipeline.data.reader import SkipCounter, eval_batches, shard_urls, train_batches
+from pipeline.modalities import image as modality
 from pipeline.models.vqvae import VQVAE
 from pipeline.runtime import keep_freed_memory
-from pipeline.modalities import image as modality
 from pipeline.train.common import (RankZeroMlflow, all_reduce_sum, device_and_autocast,
                                    gaussian_bits_per_dim, load_checkpoint, report)
 
@@ -164,8 +164,6 @@ def train_loop_per_worker(config: dict) -> None:
             mlf.metrics(val, step)
             _log_pictures(mlf, step, first, hist, final)
             clock, timed_steps = time.perf_counter(), 0
-        checkpoint = step % s1.checkpoint_every == 0 or final
-        if checkpoint or val:  # validation steps reach Ray Tune's scheduler even without a checkpoint
-            report(step, rank, (lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "step": step}) if checkpoint else None, val)
+        checkpoint = (model, optimizer) if step % s1.checkpoint_every == 0 or final else None
+        if report(step, rank, val, checkpoint):  # validation steps reach Ray Tune even without a checkpoint
             clock, timed_steps = time.perf_counter(), 0

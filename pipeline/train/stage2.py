@@ -110,8 +110,6 @@ def train_loop_per_worker(config: dict) -> None:
             val = validate(model, val_codes, val_labels, s2.batch_size, device, info)
             mlf.metrics(val, step)
             clock, timed_steps = time.perf_counter(), 0
-        checkpoint = step % s2.checkpoint_every == 0 or final
-        if checkpoint or val:  # validation steps reach Ray Tune's scheduler even without a checkpoint
-            report(step, rank, (lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "step": step}) if checkpoint else None, val)
+        checkpoint = (model, optimizer) if step % s2.checkpoint_every == 0 or final else None
+        if report(step, rank, val, checkpoint):  # validation steps reach Ray Tune even without a checkpoint
             clock, timed_steps = time.perf_counter(), 0
