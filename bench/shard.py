@@ -1,4 +1,4 @@
-"""Stage 0 throughput: images/s of `shard_dataset` on 1 and 2 Ray CPUs beside a plain
+"""Shard throughput (images): images/s of `shard_dataset` on 1 and 2 Ray CPUs beside a plain
 single-process Pillow loop doing the same decode + resize + PNG + tar writing.
 
     python bench/shard.py [--train-per-class 1000] [--image-size 32]
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import Settings  # noqa: E402
-from pipeline.data.demo import make_demo_data  # noqa: E402
+from pipeline.modalities.image_demo import make_demo_data  # noqa: E402
 from pipeline.data.shard import shard_dataset, shard_name  # noqa: E402
 from pipeline.modalities import image as modality  # noqa: E402
 
@@ -34,7 +34,7 @@ def plain_loop(root: Path, out: Path, image_size: int, per_shard: int) -> int:
         for i in range(0, len(files), per_shard):
             with tarfile.open(out / split / shard_name(split, i // per_shard), "w") as tar:
                 for f in files[i:i + per_shard]:
-                    png = modality.encode(modality.preprocess(f.read_bytes(), image_size, 32))
+                    png = modality.encode_png(modality.preprocess_pixels(f.read_bytes(), image_size, 32))
                     for name, data in ((f"{f.stem}.png", png), (f"{f.stem}.cls", str(classes.index(f.parent.name)).encode())):
                         info = tarfile.TarInfo(name)
                         info.size = len(data)

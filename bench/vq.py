@@ -26,13 +26,13 @@ WARMUP, RUNS = 5, 15
 class NaiveQuantizer(nn.Module):
     """The textbook version: torch.cdist + argmin, one-hot matmuls for the EMA statistics."""
 
-    def __init__(self, num_codes: int, dim: int, beta: float = 0.25, ema: bool = False):
+    def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, ema: bool = False):
         super().__init__()
         self.beta, self.ema, self.decay, self.eps = beta, ema, 0.99, 1e-5
-        codebook = torch.empty(num_codes, dim).uniform_(-1 / num_codes, 1 / num_codes)
+        codebook = torch.empty(codebook_size, dim).uniform_(-1 / codebook_size, 1 / codebook_size)
         if ema:
             self.register_buffer("codebook", codebook)
-            self.register_buffer("ema_count", torch.ones(num_codes))
+            self.register_buffer("ema_count", torch.ones(codebook_size))
             self.register_buffer("ema_sum", codebook.clone())
         else:
             self.codebook = nn.Parameter(codebook)

@@ -1,4 +1,4 @@
-"""Stage 3: encode every shard sample into VQ-VAE codes with Ray Data, log the run in MLflow.
+"""Codes: encode every shard sample into VQ-VAE codes with Ray Data, log the run in MLflow.
 
     python jobs/dump_codes.py --config configs/demo.yaml [--set codes.model=models:/vqvae-demo/2]
     ray job submit --working-dir . -- python jobs/dump_codes.py --config configs/imagenet.yaml

@@ -1,6 +1,7 @@
-"""Build the demo dataset (ImageNet layout) offline from photos bundled with installed packages.
+"""Build a modality's small demo dataset offline (images: photos bundled with installed packages,
+in the ImageNet layout).
 
-    python jobs/make_demo_data.py --out work/demo/raw
+    python jobs/make_demo_data.py --out work/demo/raw [--modality image]
 """
 import argparse
 import sys
@@ -8,14 +9,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.demo import make_demo_data  # noqa: E402
+from pipeline import modalities  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder to create (left alone when it exists)")
-    p.add_argument("--train-per-class", type=int, default=100)
-    p.add_argument("--val-per-class", type=int, default=20)
+    p.add_argument("--modality", default="image", help="a registered modality (default: image)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    info = make_demo_data(a.out, a.train_per_class, a.val_per_class, a.seed)
+    try:
+        modality = modalities.get(a.modality)
+        data = modality.DataConfig(name="demo", root=str(Path(a.out).resolve()), modality=a.modality, seed=a.seed)
+        info = modality.make_demo(data)
+    except (ValueError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"demo data {'written to' if info['created'] else 'already at'} {info['out']}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
 
-from pipeline import registry  # noqa: E402
+from pipeline import registry_cli  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> dict:
@@ -40,5 +40,5 @@ def parse(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     args = parse()
-    registry.run(args.pop("command"), tracking_uri=args.pop("tracking_uri"), config=args.pop("config"),
+    registry_cli.run(args.pop("command"), tracking_uri=args.pop("tracking_uri"), config=args.pop("config"),
                  as_json=args.pop("as_json"), args=args)

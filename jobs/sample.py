@@ -1,4 +1,5 @@
-"""Sample: draw codes from the prior champion, decode them with the VQ-VAE champion, write a PNG.
+"""Sample: draw codes from the prior champion, decode them with the VQ-VAE it was trained on, write
+them as the modality's files (images: a PNG, a row per class).
 
     python jobs/sample.py --config configs/demo.yaml [--set sample.per_class=4]
 """

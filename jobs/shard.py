@@ -1,4 +1,4 @@
-"""Stage 0: shard a raw image dataset into webdataset tars.
+"""Shard: a raw dataset (in the layout of its modality) into webdataset tars.
 
     python jobs/shard.py --config configs/demo.yaml [--set overwrite=true]
     ray job submit --working-dir . -- python jobs/shard.py --config configs/imagenet.yaml

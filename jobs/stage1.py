@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
 
 from pipeline.cli import run_job  # noqa: E402
-from pipeline.stage1 import train_stage1  # noqa: E402
+from pipeline.train.fit_vqvae import train_vqvae  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(train_stage1, __doc__)
+    run_job(train_vqvae, __doc__)

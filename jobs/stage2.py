@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
 
 from pipeline.cli import run_job  # noqa: E402
-from pipeline.stage2 import train_stage2  # noqa: E402
+from pipeline.train.fit_prior import train_prior  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(train_stage2, __doc__)
+    run_job(train_prior, __doc__)

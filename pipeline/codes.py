@@ -1,24 +1,24 @@
-"""Stage 3: encode every shard sample into its VQ-VAE code grid, as a Ray Data batch job.
+"""Codes: encode every shard sample into its VQ-VAE codes, as a Ray Data batch job.
 
     python jobs/dump_codes.py --config configs/demo.yaml [--set codes.model=models:/vqvae-demo/3]
 
-Output, per model version (so the codes of two versions never mix):
+Output, per model version (so the codes of two versions never mix), in the format of
+pipeline/data/codeset.py:
 
-    <workdir>/codes/<dataset>/v<version>/{train,val}/*.parquet   rows: key, label, codes
-    <workdir>/codes/<dataset>/v<version>/manifest.json           model, K, grid shape, rows
+    <workdir>/codes/<dataset>/v<version>/{train,val}/*.parquet   rows: key, codes, shape, conditioning
+    <workdir>/codes/<dataset>/v<version>/manifest.json           model, K, conditioning, rows
 
-`codes` is the flattened index grid (raster order) in the smallest integer type that holds K;
-the grid shape is in the manifest. Shards are opened inside Ray Data tasks with tarfile (not
-`read_webdataset`: it mis-groups members and builds a DataFrame per sample, NOTES-RAY.md), and
-`codes.actors` actors each load the model once. Splits are written to a temporary folder that is
-renamed into place; the manifest is written last, so a folder without one is unfinished.
-A sample that does not decode, or the rest of a damaged tar, is skipped and counted (the shard
-manifest's samples minus the rows written): the manifest's `skipped`, the run's `skipped_<split>`.
+Shards are opened inside Ray Data tasks with tarfile (not `read_webdataset`, which mis-groups
+members that are not stored together, ray #44068, and builds a DataFrame per sample), and
+`codes.actors` actors each load the model once; the modality turns a sample's members into model
+input (`from_members`, `collate`). Splits are written to a temporary folder that is renamed into
+place; the manifest is written last, so a folder without one is unfinished. A sample that does
+not decode, or the rest of a damaged tar, is skipped and counted (the shard manifest's samples
+minus the rows written): the manifest's `skipped`, the run's `skipped_<split>`.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -27,52 +27,19 @@ import time
 
 import numpy as np
 
+from pipeline import modalities
 from pipeline.config import Settings
+from pipeline.data import codeset
 from pipeline.data.reader import shard_urls
+from pipeline.data.shard import shard_cond
 from pipeline.errors import UserError
-from pipeline.runtime import init_ray
+from pipeline.runtime import init_ray, use_gpu
 
-MANIFEST = "manifest.json"
-SPLITS = ("train", "val")
-
-
-def default_vqvae_uri(settings: Settings) -> str:
-    return f"models:/vqvae-{settings.data.name}@champion"
+SPLITS = codeset.SPLITS
 
 
-def code_dtype(num_codes: int) -> np.dtype:
-    """The smallest integer type that holds every index below num_codes."""
-    return np.dtype(np.uint8) if num_codes <= 256 else np.dtype(np.int16) if num_codes <= 32768 else np.dtype(np.int32)
-
-
-def version_dir(settings: Settings, version: str | int) -> str:
-    return f"{settings.codes_dir}/v{version}"
-
-
-def load_codes_manifest(folder: str) -> dict | None:
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_codes(folder: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(codes (N, *grid) int64, labels (N,) int64, keys) of one split, rows sorted by key."""
-    import pyarrow.parquet as pq
-
-    manifest = load_codes_manifest(folder)
-    table = pq.read_table(os.path.join(folder, split), columns=["key", "label", "codes"])
-    keys = table.column("key").to_pylist()
-    order = np.argsort(np.asarray(keys, dtype=object), kind="stable")
-    flat = table.column("codes").combine_chunks().flatten().to_numpy()
-    codes = flat.reshape(len(keys), *manifest["grid_shape"]).astype(np.int64)[order]
-    labels = table.column("label").to_numpy().astype(np.int64)[order]
-    return codes, labels, [keys[i] for i in order]
-
-
-def read_shard(row: dict, *, field: str) -> list[dict]:
-    """One Ray Data task: every sample of one tar as {key, label, data} (members grouped by key).
+def read_shard(row: dict) -> list[dict]:
+    """One Ray Data task: every sample of one tar as {key, exts, payloads} (members grouped by key).
 
     A damaged tar (truncated, bad header) keeps the samples read before the damage; the others are
     skipped, counted by `dump_codes` as the shard manifest's samples minus the rows written."""
@@ -82,20 +49,19 @@ def read_shard(row: dict, *, field: str) -> list[dict]:
             for member in tar:
                 if not member.isfile():
                     continue
-                key, _, ext = member.name.rpartition(".")
+                key, _, ext = member.name.partition(".")  # as webdataset splits them: keys hold no dots
                 samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
         print(f"codes: {row['path']}: damaged after {len(samples)} samples ({e}); the rest of it is skipped",
               file=sys.stderr, flush=True)
-    return [{"key": k, "label": int(s["cls"]), "data": s[field]}
-            for k, s in samples.items() if field in s and "cls" in s]
+    return [{"key": k, "exts": list(s), "payloads": list(s.values())} for k, s in samples.items()]
 
 
 class EncoderActor:
     """Holds the VQ-VAE for the life of the actor; each call encodes one batch of samples.
     A sample that does not decode is left out (skipped, and counted by `dump_codes`)."""
 
-    def __init__(self, uri: str, tracking_uri: str, dtype: str, grid_size: int):
+    def __init__(self, uri: str, tracking_uri: str, dtype: str, modality: str):
         import mlflow
         import torch
 
@@ -107,41 +73,38 @@ class EncoderActor:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = tracking.load_vqvae(uri, self.device)
         self.dtype = np.dtype(dtype)
-        self.grid_size = grid_size
+        self.modality = modalities.get(modality)
 
     def __call__(self, batch: dict):
-        import pyarrow as pa
-        import torch
-
-        from pipeline.modalities import image as modality
-
-        tensors, keep = [], []
-        for i, data in enumerate(batch["data"]):
+        items = []
+        for key, exts, payloads in zip(batch["key"], batch["exts"], batch["payloads"]):
             try:
-                tensors.append(modality.to_tensor(modality.decode(bytes(data))))
-                keep.append(i)
+                item = self.modality.from_members({str(e): bytes(p) for e, p in zip(exts, payloads)})
             except Exception as e:  # noqa: BLE001 - a corrupt sample is skipped, not fatal
-                print(f"codes: sample {batch['key'][i]}: does not decode ({e}); skipped", file=sys.stderr, flush=True)
-        indices = np.zeros((0, self.grid_size), dtype=self.dtype)
-        if tensors:
-            x = torch.stack(tensors).to(self.device)
-            indices = self.model.encode(x).flatten(1).cpu().numpy().astype(self.dtype)
-        codes = pa.FixedSizeListArray.from_arrays(pa.array(indices.reshape(-1)), self.grid_size)
-        # A plain list column (not Ray's tensor extension type): any parquet reader can open it.
-        return pa.table({"key": pa.array([str(batch["key"][i]) for i in keep], pa.string()),
-                         "label": pa.array(np.asarray(batch["label"], dtype=np.int32)[keep]),
-                         "codes": codes})
+                print(f"codes: sample {key}: does not decode ({e}); skipped", file=sys.stderr, flush=True)
+                continue
+            item.key = str(key)
+            items.append(item)
+        codes: list[np.ndarray] = []
+        if items:
+            x = self.modality.collate(items).to(self.device)
+            indices = self.model.encode(x.x, x.cond).cpu().numpy()
+            for i, item in enumerate(items):  # each sample's own codes, without the batch's padding
+                shape = self.model.latent_shape(tuple(item.x.shape[1:]))
+                codes.append(indices[(i, *(slice(0, n) for n in shape))])
+        cond = {name: [item.cond[name] for item in items] for name in (items[0].cond if items else {})}
+        return codeset.to_table([item.key for item in items], codes, cond, self.dtype)
 
 
-def _encode_split(urls: list[str], out: str, uri: str, tracking_uri: str, dtype: np.dtype, grid_size: int,
-                  settings: Settings, field: str, gpu: bool) -> None:
+def _encode_split(urls: list[str], out: str, uri: str, tracking_uri: str, dtype: np.dtype,
+                  settings: Settings, gpu: bool) -> None:
     import ray
 
     (
         ray.data.from_items([{"path": u} for u in urls], override_num_blocks=len(urls))
-        .flat_map(read_shard, fn_kwargs={"field": field})
+        .flat_map(read_shard)
         .map_batches(EncoderActor, fn_constructor_kwargs={"uri": uri, "tracking_uri": tracking_uri,
-                                                          "dtype": dtype.name, "grid_size": grid_size},
+                                                          "dtype": dtype.name, "modality": settings.data.modality},
                      compute=ray.data.ActorPoolStrategy(size=settings.codes.actors), num_gpus=1 if gpu else 0,
                      batch_size=settings.codes.batch_size, batch_format="numpy")
         .write_parquet(out)
@@ -159,30 +122,27 @@ def _parquet_rows(folder: str) -> int:
 
 def dump_codes(settings: Settings) -> dict:
     from pipeline import tracking
-    from pipeline.train.driver import use_gpu
 
     shards_manifest, _ = shard_urls(settings.shards_dir, "train")  # no shards: one-line error
     urls = {s: shard_urls(settings.shards_dir, s)[1] for s in SPLITS}
     uri = settings.tracking_uri
     experiment_id = tracking.setup_tracking(uri, settings.experiment)
-    model_uri = settings.codes.model or default_vqvae_uri(settings)
+    model_uri = settings.codes.model or settings.vqvae_champion
     info = tracking.resolve(model_uri)  # UserError when there is no such model
     pinned = f"models:/{info['name']}/{info['version']}"  # the alias may move while we run
-    out = version_dir(settings, info["version"])
-    done = load_codes_manifest(out)
+    out = settings.codes_version_dir(info["version"])
+    done = codeset.load_manifest(out)
     if done is not None and not settings.overwrite:
         print(f"codes {settings.data.name}: already dumped for {info['name']} v{info['version']} at {out} "
               f"({', '.join(f'{s} {n}' for s, n in done['rows'].items())}); nothing to do "
               f"(--set overwrite=true redoes it)")
         return done
 
-    meta = tracking.model_metadata(pinned)
-    num_codes = int(meta["config"]["codebook_size"])
-    dtype = code_dtype(num_codes)
-    image_size = int(shards_manifest["image_size"])
-    from pipeline.models.vqvae import VQVAE
-
-    grid_shape = list(VQVAE.from_config(meta["config"]).latent_shape((image_size, image_size)))
+    vqvae = tracking.load_vqvae(pinned)  # malformed files: one-line error here, not in every actor
+    codebook_size = int(vqvae.config["codebook_size"])
+    dtype = codeset.code_dtype(codebook_size)
+    sample_shape = settings.modality.sample_shape(settings.data)
+    latent_shape = list(vqvae.latent_shape(sample_shape)) if sample_shape else None
 
     import mlflow
 
@@ -200,8 +160,7 @@ def dump_codes(settings: Settings) -> dict:
                            "shards_manifest": f"{settings.shards_dir}/manifest.json",
                            "batch_size": settings.codes.batch_size})
         for split in SPLITS:
-            _encode_split(urls[split], f"{tmp}/{split}", pinned, uri, dtype, math.prod(grid_shape), settings,
-                          shards_manifest["field"], gpu)
+            _encode_split(urls[split], f"{tmp}/{split}", pinned, uri, dtype, settings, gpu)
         rows = {split: _parquet_rows(f"{tmp}/{split}") for split in SPLITS}
         # corrupt samples and damaged tars are skipped, so they are what the shards hold beyond the rows
         skipped = {split: shards_manifest["splits"][split]["samples"] - rows[split] for split in SPLITS}
@@ -213,23 +172,25 @@ def dump_codes(settings: Settings) -> dict:
             shutil.rmtree(out)
         os.replace(tmp, out)
         manifest = {
-            "dataset": settings.data.name, "model_uri": model_uri, "vqvae_name": info["name"],
-            "vqvae_version": info["version"], "vqvae_run_id": info["run_id"], "num_codes": num_codes,
-            "dtype": dtype.name, "grid_shape": grid_shape, "image_size": image_size,
-            "num_classes": len(shards_manifest["classes"]), "rows": rows, "skipped": skipped,
+            "format": codeset.FORMAT, "dataset": settings.data.name, "modality": settings.data.modality,
+            "model_uri": model_uri, "vqvae_name": info["name"], "vqvae_version": info["version"],
+            "vqvae_run_id": info["run_id"], "codebook_size": codebook_size, "dtype": dtype.name,
+            "latent_shape": latent_shape, "input_dims_per_code": vqvae.input_dims_per_code,
+            "cond": shard_cond(shards_manifest), "rows": rows, "skipped": skipped,
             "shards": settings.shards_dir,
             "shards_used": {s: [sh["path"] for sh in shards_manifest["splits"][s]["shards"] if sh["samples"]]
                             for s in SPLITS},
         }
-        with open(f"{out}/{MANIFEST}.tmp", "w") as f:
+        with open(f"{out}/{codeset.MANIFEST}.tmp", "w") as f:
             json.dump(manifest, f, indent=1)
-        os.replace(f"{out}/{MANIFEST}.tmp", f"{out}/{MANIFEST}")  # last: the folder is finished
+        os.replace(f"{out}/{codeset.MANIFEST}.tmp", f"{out}/{codeset.MANIFEST}")  # last: the folder is finished
         seconds = time.perf_counter() - start
         mlflow.log_metrics({**{f"rows_{s}": n for s, n in rows.items()},
                             **{f"skipped_{s}": n for s, n in skipped.items()}, "seconds": seconds})
-        mlflow.log_artifact(f"{out}/{MANIFEST}")
+        mlflow.log_artifact(f"{out}/{codeset.MANIFEST}")
         mlflow.set_tag("codes_dir", out)
-    print(f"codes {settings.data.name}: {info['name']} v{info['version']} (K={num_codes}, grid "
-          f"{'x'.join(map(str, grid_shape))}, {dtype.name}): {', '.join(f'{s} {n}' for s, n in rows.items())} "
+    shape = "x".join(map(str, latent_shape)) if latent_shape else "varying"
+    print(f"codes {settings.data.name}: {info['name']} v{info['version']} (K={codebook_size}, codes "
+          f"{shape}, {dtype.name}): {', '.join(f'{s} {n}' for s, n in rows.items())} "
           f"rows in {seconds:.1f} s; skipped {sum(skipped.values())} -> {out}", flush=True)
     return manifest

@@ -7,30 +7,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
+from pipeline import modalities
 from pipeline.errors import UserError
 
 
 class _Section(BaseModel):
     # An unknown key is an error, never silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    # "{workdir}" in root is replaced by the workdir, so a demo's data can live beside its outputs.
-    root: str
-    modality: Literal["image"] = "image"
-    make_demo: bool = False  # jobs/pipeline.py builds the demo photos at `root` when missing
-    image_size: int = Field(128, ge=8)
-    val_fraction: float = Field(0.05, gt=0, lt=1)
-    samples_per_shard: int = Field(1000, ge=1)
-    min_source_size: int = Field(32, ge=1)
-    seed: int = 0
 
 
 class RayConfig(_Section):
@@ -147,7 +136,9 @@ class TuneSection(_Section):
 class Settings(_Section):
     workdir: str
     overwrite: bool = False
-    data: DataConfig
+    # The `data:` section belongs to the modality it names: its class (pipeline/modalities/)
+    # adds that modality's fields (image_size, sample_rate, frames, ...) to the shared ones.
+    data: SerializeAsAny[modalities.DataSection]
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
     stage1: Stage1Config = Stage1Config()
@@ -155,6 +146,20 @@ class Settings(_Section):
     stage2: Stage2Config = Stage2Config()
     sample: SampleConfig = SampleConfig()
     tune: TuneSection = TuneSection()
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _modality_data(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        name = value.get("modality", "image")
+        if not isinstance(name, str):
+            raise ValueError(f"modality must be a name, got {name!r}")
+        try:
+            modality = modalities.get(name)
+        except ValueError as e:
+            raise ValueError(f"modality: {e}") from None
+        return modality.DataConfig.model_validate({**value, "modality": name})
 
     @model_validator(mode="before")
     @classmethod
@@ -201,7 +206,11 @@ class Settings(_Section):
         tree["tune"] = {**tree["tune"], "overrides": {}}  # a trial does not tune again
         return tree
 
-    # Where each stage's outputs live (DESIGN.md, "Interfaces between stages").
+    @property
+    def modality(self) -> "modalities.Modality":
+        return modalities.get(self.data.modality)
+
+    # Where each stage's outputs live (docs/architecture.md, "Stages and their interfaces").
     @property
     def shards_dir(self) -> str:
         return f"{self.workdir}/shards/{self.data.name}"
@@ -214,9 +223,31 @@ class Settings(_Section):
     def codes_dir(self) -> str:
         return f"{self.workdir}/codes/{self.data.name}"
 
+    def codes_version_dir(self, vqvae_version: str | int) -> str:
+        """The codes of one VQ-VAE version (so the codes of two versions never mix)."""
+        return f"{self.codes_dir}/v{vqvae_version}"
+
     @property
     def samples_dir(self) -> str:
         return f"{self.workdir}/samples"
+
+    @property
+    def vqvae_name(self) -> str:
+        """The registered model stage 1 makes a new version of."""
+        return f"vqvae-{self.data.name}"
+
+    @property
+    def prior_name(self) -> str:
+        return f"prior-{self.data.name}"
+
+    @property
+    def vqvae_champion(self) -> str:
+        """The VQ-VAE codes, stage 2 and sampling use unless codes.model / stage2.vqvae say otherwise."""
+        return f"models:/{self.vqvae_name}@champion"
+
+    @property
+    def prior_champion(self) -> str:
+        return f"models:/{self.prior_name}@champion"
 
     @property
     def experiment(self) -> str:

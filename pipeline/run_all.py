@@ -12,10 +12,8 @@ from pipeline.config import Settings
 
 
 def _make_demo_data(settings: Settings) -> None:
-    from pipeline.data.demo import make_demo_data
-
     if settings.data.make_demo:
-        info = make_demo_data(settings.data.root, seed=settings.data.seed)
+        info = settings.modality.make_demo(settings.data)
         print(f"demo data {'written to' if info['created'] else 'already at'} {info['out']}")
 
 
@@ -24,11 +22,11 @@ def stages():
     from pipeline.codes import dump_codes
     from pipeline.data.shard import shard_dataset
     from pipeline.sampling import sample
-    from pipeline.stage1 import train_stage1
-    from pipeline.stage2 import train_stage2
+    from pipeline.train.fit_prior import train_prior
+    from pipeline.train.fit_vqvae import train_vqvae
 
-    return [("make-data", _make_demo_data), ("shard", shard_dataset), ("stage1", train_stage1),
-            ("codes", dump_codes), ("stage2", train_stage2), ("sample", sample)]
+    return [("make-data", _make_demo_data), ("shard", shard_dataset), ("stage1", train_vqvae),
+            ("codes", dump_codes), ("stage2", train_prior), ("sample", sample)]
 
 
 def run_pipeline(settings: Settings) -> dict:
@@ -66,15 +64,15 @@ def print_where(settings: Settings, results: dict) -> None:
     if stage1:
         run = MlflowClient(settings.tracking_uri).get_run(stage1["run_id"])
         art = run.info.artifact_uri.removeprefix("file://")
-        grids = sorted(glob.glob(os.path.join(art, "reconstructions", "*.png")))
-        if grids:
-            print(f"  reconstructions: {grids[-1]}  (top: originals, bottom: reconstructions)")
+        shown = sorted(glob.glob(os.path.join(art, "reconstructions", "step_*")))
+        if shown:
+            print(f"  reconstructions: {shown[-1]}  (originals, then their reconstructions)")
         print(f"  VQ-VAE:          models:/{stage1['name']}/{stage1['version']}")
     stage2 = results.get("stage2")
     if stage2:
         print(f"  prior:           models:/{stage2['name']}/{stage2['version']}")
     if results.get("sample"):
-        print(f"  samples:         {results['sample']}  (a row per class)")
+        print(f"  samples:         {results['sample']}  (a group per class)")
     if settings.tracking_uri.startswith("sqlite:"):
         print(f"  see it all:      mlflow ui --backend-store-uri {settings.tracking_uri}")
     else:

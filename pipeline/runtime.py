@@ -21,11 +21,21 @@ def init_ray(settings: Settings) -> None:
         ray.init(address=address, **kwargs)
         print(f"ray: joined the cluster at {address} ({_resources(ray)})", flush=True)
     else:
-        # The dashboard stays on: Ray Train and Tune query the State API through it (NOTES-RAY.md).
+        # The dashboard stays on: Ray Train and Tune query the State API through it; without it
+        # a Tune search whose scheduler stops trials leaks placement groups and hangs (ray #54305).
         ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
         print(f"ray: started a local instance ({_resources(ray)})", flush=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
+
+
+def use_gpu(settings: Settings) -> bool:
+    """`ray.use_gpu`, else whether the cluster has a GPU (Ray must be initialised)."""
+    import ray
+
+    if settings.ray.use_gpu is not None:
+        return settings.ray.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def _resources(ray) -> str:

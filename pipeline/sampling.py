@@ -1,26 +1,44 @@
-"""Stage 5: ancestral samples from the prior champion, decoded by the VQ-VAE it was trained on.
+"""Sample: ancestral samples from the prior champion, decoded by the VQ-VAE it was trained on.
 
     python jobs/sample.py --config configs/demo.yaml [--set sample.per_class=4 --set sample.temperature=0.9]
 
-`sample.per_class` code grids per class are drawn in one batched call (raster order, the paper's
-section 4.2), decoded with the VQ-VAE champion, and written as one PNG, a row per class, to
-`<workdir>/samples/samples-<prior version>.png`, also logged to an MLflow run. A prior whose
-codes came from another VQ-VAE version than the decoder's is refused: its codes would index a
-different codebook.
+`sample.per_class` code arrays per class (per value of the prior's class-like conditioning: an
+image class, a speaker; `sample.per_class` in all when there is none) are drawn in one batched
+call (raster order, the paper's section 4.2), decoded with the VQ-VAE, and written by the
+modality (`write`, a group per class) as `<workdir>/samples/samples-<prior version>.*`, also
+logged to an MLflow run. A prior whose codes came from another VQ-VAE version than the decoder's
+is refused: its codes would index a different codebook.
 """
 from __future__ import annotations
 
 import os
 import time
 
-from pipeline.codes import default_vqvae_uri
 from pipeline.config import Settings
 from pipeline.errors import UserError
-from pipeline.modalities import image as modality
+from pipeline.modalities import CondSpec
 
 
-def default_prior_uri(settings: Settings) -> str:
-    return f"models:/prior-{settings.data.name}@champion"
+def prior_cond(meta: dict) -> dict[str, CondSpec]:
+    """The conditioning a registered prior takes, from its config.json."""
+    if "cond" in meta:
+        return {k: CondSpec.from_json(v) for k, v in meta["cond"].items()}
+    # priors registered before 2026-11-26: class ids only, under the model's cond_key
+    config = meta["config"]
+    size = int(config.get("num_classes", 0))
+    return {config.get("cond_key", "labels"): CondSpec("class", size)} if size else {}
+
+
+def sampling_plan(cond: dict[str, CondSpec], per_class: int):
+    """-> (cond tensors for one batch, number of samples, group sizes): `per_class` samples of
+    every id of the first class-like conditioning, else `per_class` unconditional ones."""
+    import torch
+
+    classes = next(((k, spec) for k, spec in cond.items() if spec.kind == "class" and spec.size), None)
+    if classes is None:
+        return None, per_class, [per_class]
+    key, spec = classes
+    return {key: torch.arange(spec.size).repeat_interleave(per_class)}, spec.size * per_class, [per_class] * spec.size
 
 
 def sample(settings: Settings) -> str:
@@ -30,8 +48,8 @@ def sample(settings: Settings) -> str:
     from pipeline import tracking
 
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)
-    prior_info = tracking.resolve(settings.sample.prior or default_prior_uri(settings))
-    vqvae_info = tracking.resolve(default_vqvae_uri(settings))
+    prior_info = tracking.resolve(settings.sample.prior or settings.prior_champion)
+    vqvae_info = tracking.resolve(settings.vqvae_champion)
     prior_uri = f"models:/{prior_info['name']}/{prior_info['version']}"
     vqvae_uri = f"models:/{vqvae_info['name']}/{vqvae_info['version']}"
     meta = tracking.model_metadata(prior_uri)
@@ -40,26 +58,27 @@ def sample(settings: Settings) -> str:
         raise UserError(f"{prior_uri} was trained on the codes of {wanted[0]} v{wanted[1]}, but the decoder is "
                         f"{vqvae_uri}: train a prior on its codes (jobs/dump_codes.py, jobs/stage2.py) "
                         f"or set sample.prior")
+    shape = meta.get("latent_shape") or meta.get("grid_shape")  # grid_shape: priors before 2026-11-26
+    if not shape:
+        raise UserError(f"{prior_uri}: its codes vary in shape and its config.json gives no latent_shape to sample")
 
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     prior = tracking.load_prior(prior_uri, device)
     vqvae = tracking.load_vqvae(vqvae_uri, device)
     s = settings.sample
-    num_classes = max(prior.num_classes, 1)
-    labels = torch.arange(num_classes).repeat_interleave(s.per_class) if prior.conditional else None
+    cond, count, groups = sampling_plan(prior_cond(meta), s.per_class)
     generator = torch.Generator().manual_seed(s.seed)
-    codes = prior.sample(labels, shape=tuple(meta["grid_shape"]), temperature=s.temperature,
-                         generator=generator, num_samples=num_classes * s.per_class)
+    codes = prior.sample(cond, shape=tuple(shape), temperature=s.temperature, generator=generator,
+                         num_samples=count)
     with torch.no_grad():
-        pixels = modality.to_pixels(vqvae.decode_indices(codes.to(device)))
-    rows = [pixels[c * s.per_class:(c + 1) * s.per_class] for c in range(num_classes)]
+        cond_dev = None if cond is None else {k: v.to(device) for k, v in cond.items()}
+        x = vqvae.decode_indices(codes.to(device), cond_dev).float().cpu()
+    bounds = [sum(groups[:i]) for i in range(len(groups) + 1)]
+    rows = [list(x[bounds[i]:bounds[i + 1]]) for i in range(len(groups))]
 
     os.makedirs(settings.samples_dir, exist_ok=True)
-    path = os.path.join(settings.samples_dir, f"samples-{prior_info['version']}.png")
-    tmp = f"{path}.tmp.png"
-    modality.grid(rows).save(tmp)
-    os.replace(tmp, path)
+    paths = settings.modality.write(rows, os.path.join(settings.samples_dir, f"samples-{prior_info['version']}"))
     seconds = time.perf_counter() - start
     tags = {"stage": "sample", "prior_name": prior_info["name"], "prior_version": prior_info["version"],
             "vqvae_name": vqvae_info["name"], "vqvae_version": vqvae_info["version"]}
@@ -67,6 +86,7 @@ def sample(settings: Settings) -> str:
         mlflow.log_params({"per_class": s.per_class, "temperature": s.temperature, "seed": s.seed,
                            "prior_uri": prior_uri, "vqvae_uri": vqvae_uri})
         mlflow.log_metric("seconds", seconds)
-        mlflow.log_artifact(path, "samples")
-    print(path, flush=True)
-    return path
+        for path in paths:
+            mlflow.log_artifact(path, "samples")
+    print(paths[0], flush=True)
+    return paths[0]

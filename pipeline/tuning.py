@@ -1,22 +1,22 @@
 """Ray Tune over the codebook size (and any other stage-1 key): one full stage-1 TorchTrainer run
-per trial, ASHA early stopping on `val_mse`, one MLflow parent run with a child run per trial.
+per trial, ASHA early stopping on the modality's selection metric (images: `val_mse`), one MLflow
+parent run with a child run per trial.
 
-    python jobs/tune_codebook.py --config configs/demo.yaml [--set tune.steps=300]
+    python jobs/tune_codebook.py --config configs/demo.yaml [--set tune.overrides.stage1.steps=300]
 
-The Train V2 + Tune pattern (NOTES-RAY.md): a Tune function trainable builds and fits a
-`TorchTrainer` whose `TuneReportCallback` forwards every `ray.train.report` to Tune, so ASHA sees
-`val_mse` at each validation step. Each trial's Train run is named by its Tune trial id, so a
+The Train V2 + Tune pattern: a Tune function trainable builds and fits a `TorchTrainer` whose
+`TuneReportCallback` forwards every `ray.train.report` to Tune, so ASHA sees the metric at each
+validation step. Each trial's Train run is named by its Tune trial id, so a
 restored search resumes its trials from their checkpoints. The trial drivers take no CPU
 (`tune.with_resources(..., {"cpu": 0})`): only the Train workers hold resources, and a trial that
 ASHA stops frees them for the next.
 
 At the end the best completed trial's model is registered as a version of `vqvae-<data.name>`
 (taking `champion` by the usual rule), and a table of the trials is printed and logged with a
-plot of `val_mse` against K.
+plot of the metric against K.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,19 +25,21 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
-from pipeline.train.driver import write_json
+from pipeline.train.driver import run_name, write_json
 
-METRIC = "val_mse"
-TABLE_KEYS = ("val_mse", "val_psnr", "perplexity", "codebook_usage")
+
+
+def _metrics(settings: Settings) -> tuple[str, tuple[str, ...]]:
+    """(the metric ASHA and registration use, the ones the table shows beside it)."""
+    modality = settings.modality
+    return modality.selection_metric, modality.key_metrics
 
 
 def search_name(settings: Settings) -> str:
     """Named by what the search explores from what base: the same config restores or skips."""
-    shaping = {"stage1": settings.stage1.model_dump(), "tune": settings.tune.model_dump(),
-               "data": settings.data.name, "image_size": settings.data.image_size,
-               "num_workers": settings.ray.num_workers}
-    digest = hashlib.sha1(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"tune-{settings.data.name}-{digest}"
+    data = settings.data.model_dump(exclude={"name", "root", "make_demo", "samples_per_shard"})
+    return run_name("tune", settings, {"stage1": settings.stage1.model_dump(), "tune": settings.tune.model_dump(),
+                                       "data": data})
 
 
 def trial_settings(settings: Settings, params: dict[str, Any]) -> Settings:
@@ -77,9 +79,8 @@ def run_trial(params: dict, *, base: Settings, search: str, parent_run_id: str, 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline import tracking
-    from pipeline.stage1 import shard_lineage
     from pipeline.train.driver import fit, mlflow_run
-    from pipeline.train.stage1 import train_loop_per_worker
+    from pipeline.train.fit_vqvae import shard_lineage, train_loop_per_worker
 
     settings = trial_settings(base, params)
     trial_id = tune.get_context().get_trial_id()
@@ -95,8 +96,8 @@ def run_trial(params: dict, *, base: Settings, search: str, parent_run_id: str, 
 
 def tune_codebook(settings: Settings) -> dict:
     from pipeline import tracking
-    from pipeline.stage1 import shard_lineage
     from pipeline.train.driver import finished_result, mlflow_run
+    from pipeline.train.fit_vqvae import shard_lineage
 
     lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # exit 2 if down
@@ -125,7 +126,7 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
     _refuse_second_local_instance(settings)
     init_ray(settings)
     t = settings.tune
-    # Checkpoint-only reports carry no val_mse; ASHA skips them, but Tune's strict check would
+    # Checkpoint-only reports carry no val metric; ASHA skips them, but Tune's strict check would
     # fail the trial on the first one. The metric is still required on validation reports.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(
@@ -136,7 +137,7 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
         # bundles"), and any CPU fraction would keep 2 one-CPU trials from sharing 2 CPUs:
         # the driver asks for one byte of memory instead.
         {"cpu": 0, "memory": 1})
-    scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode="min", max_t=trial.steps,
+    scheduler = ASHAScheduler(time_attr="step", metric=_metrics(settings)[0], mode="min", max_t=trial.steps,
                               grace_period=min(t.grace_period or trial.val_every, trial.steps),
                               reduction_factor=t.reduction_factor)
     path = os.path.join(settings.runs_dir, search)
@@ -159,7 +160,7 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
 def _refuse_second_local_instance(settings: Settings) -> None:
     """A search started beside another local Ray instance would hang: Ray Train's placement-group
     cleaner finds two instances, cannot query either, and the resources of trials ASHA stops are
-    never freed (NOTES-RAY.md, ray #54305). Say so at once, and how to join the running one."""
+    never freed (ray #54305). Say so at once, and how to join the running one."""
     import ray
 
     if ray.is_initialized() or settings.ray.address or os.environ.get("RAY_ADDRESS"):
@@ -178,6 +179,7 @@ def _collect(settings: Settings, grid, parent: str, steps: int) -> list[dict]:
     MLflow run is closed with that reason."""
     from mlflow import MlflowClient
 
+    metric, key_metrics = _metrics(settings)
     client = MlflowClient(settings.tracking_uri)
     children = {r.data.tags.get("tune_trial"): r for r in client.search_runs(
         [client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
@@ -186,8 +188,8 @@ def _collect(settings: Settings, grid, parent: str, steps: int) -> list[dict]:
         # Tune puts trial_id in every result; a trial that never reported has only its folder
         trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(result.path.rstrip("/"))
         history = result.metrics_dataframe
-        validated = history.dropna(subset=[METRIC]) if history is not None and METRIC in history else None
-        best = validated.loc[validated[METRIC].idxmin()] if validated is not None and len(validated) else None
+        validated = history.dropna(subset=[metric]) if history is not None and metric in history else None
+        best = validated.loc[validated[metric].idxmin()] if validated is not None and len(validated) else None
         step = int(history["step"].max()) if history is not None and "step" in history else 0
         child = children.get(trial_id)
         final_ckpt = _checkpoint_at(history, steps)
@@ -199,10 +201,11 @@ def _collect(settings: Settings, grid, parent: str, steps: int) -> list[dict]:
             status, why = "KILLED", f"stopped early by ASHA at step {step}"
         row = {"trial": trial_id, **{k: result.config.get(k) for k in settings.tune.space},
                **{k: (float(best[k]) if best is not None and k in best and not _nan(best[k]) else None)
-                  for k in TABLE_KEYS},
+                  for k in (metric, *key_metrics)},
                "steps": step, "status": status, "stop_reason": why,
                "run_id": child.info.run_id if child is not None else None, "checkpoint": final_ckpt,
-               "final_val_mse": float(validated[METRIC].iloc[-1]) if validated is not None and len(validated) else None}
+               f"final_{metric}": float(validated[metric].iloc[-1]) if validated is not None and len(validated)
+               else None}
         if child is not None:
             client.set_tag(child.info.run_id, "stop_reason", why)
             client.set_tag(child.info.run_id, "steps_run", str(step))
@@ -227,25 +230,25 @@ def _checkpoint_at(history, step: int) -> str | None:
     return str(paths.iloc[-1]) if len(paths) else None
 
 
-def format_table(rows: list[dict], keys: list[str]) -> str:
+def format_table(rows: list[dict], keys: list[str], metric: str, key_metrics: tuple[str, ...]) -> str:
     """The search as a fixed-width table: trial, searched values, best val metrics, steps, stop."""
     short = {k: k.split(".", 1)[1] for k in keys}
-    header = ["trial", *short.values(), "best val_mse", "psnr", "perplexity", "usage", "steps", "stopped"]
+    shown = {k: k.removeprefix("val_").removeprefix("codebook_") for k in key_metrics}
+    header = ["trial", *short.values(), f"best {metric}", *shown.values(), "steps", "stopped"]
 
-    def fmt(v, spec):
-        return "-" if v is None else format(v, spec)
+    def fmt(v):
+        return "-" if v is None else f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
 
-    lines = [[r["trial"], *(str(r[k]) for k in keys), fmt(r["val_mse"], ".5f"), fmt(r["val_psnr"], ".2f"),
-              fmt(r["perplexity"], ".1f"), fmt(r["codebook_usage"], ".2f"), str(r["steps"]),
-              r["stop_reason"] + (" *" if r.get("best") else "")] for r in rows]
+    lines = [[r["trial"], *(str(r[k]) for k in keys), fmt(r[metric]), *(fmt(r[k]) for k in shown),
+              str(r["steps"]), r["stop_reason"] + (" *" if r.get("best") else "")] for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *lines]]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
 
-def _plot(rows: list[dict], path: str) -> None:
-    """Best val_mse against K, completed trials as dots, early-stopped ones as crosses."""
+def _plot(rows: list[dict], path: str, metric: str) -> None:
+    """Best `metric` against K, completed trials as dots, early-stopped ones as crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,15 +256,15 @@ def _plot(rows: list[dict], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for status, marker, label in (("FINISHED", "o", "completed"), ("KILLED", "x", "stopped early")):
-        pts = [(r["stage1.codebook_size"], r["val_mse"]) for r in rows
-               if r["status"] == status and r["val_mse"] is not None and r.get("stage1.codebook_size")]
+        pts = [(r["stage1.codebook_size"], r[metric]) for r in rows
+               if r["status"] == status and r[metric] is not None and r.get("stage1.codebook_size")]
         if pts:
             ax.scatter(*zip(*pts), marker=marker, label=label)
     ax.set_xscale("log", base=2)
     ks = sorted({r["stage1.codebook_size"] for r in rows if r.get("stage1.codebook_size")})
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
-    ax.set(xlabel="codebook size K", ylabel="best val_mse", title="stage-1 val_mse against K")
+    ax.set(xlabel="codebook size K", ylabel=f"best {metric}", title=f"stage-1 {metric} against K")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -275,7 +278,7 @@ def _log_trial_model(settings: Settings, search: str, row: dict, lineage: dict) 
 
     from pipeline import tracking
     from pipeline.train.driver import load_state
-    from pipeline.train.stage1 import build_model
+    from pipeline.train.fit_vqvae import build_model
 
     model = build_model(trial_settings(settings, {k: row[k] for k in settings.tune.space}))
     model.load_state_dict(load_state(Checkpoint(row["checkpoint"]))["model"])
@@ -284,35 +287,44 @@ def _log_trial_model(settings: Settings, search: str, row: dict, lineage: dict) 
                                                      "tune_search": search, "tune_trial": row["trial"]})
 
 
+def _decoder_bits(client, run_id: str) -> dict:
+    """The version tag stage 2 reads: the trial's last val_recon_bits_per_dim."""
+    history = client.get_metric_history(run_id, "val_recon_bits_per_dim")
+    return {"decoder_bits_per_dim": repr(max(history, key=lambda m: m.step).value)} if history else {}
+
+
 def _finish(settings: Settings, search: str, parent: str, rows: list[dict], lineage: dict) -> dict:
     from mlflow import MlflowClient
 
     from pipeline import tracking
 
+    metric, key_metrics = _metrics(settings)
+    final = f"final_{metric}"
     client = MlflowClient(settings.tracking_uri)
-    done = [r for r in rows if r["status"] == "FINISHED" and r["final_val_mse"] is not None]
+    done = [r for r in rows if r["status"] == "FINISHED" and r[final] is not None]
     if not done:
         client.set_terminated(parent, status="FAILED")
         raise UserError(f"tune search {search}: no trial completed ({len(rows)} trials; see MLflow run {parent})")
-    best = min(done, key=lambda r: r["final_val_mse"])
+    best = min(done, key=lambda r: r[final])
     best["best"] = True
     keys = list(settings.tune.space)
-    table = format_table(rows, keys)
+    table = format_table(rows, keys, metric, key_metrics)
     _log_trial_model(settings, search, best, lineage)
-    registered = f"vqvae-{settings.data.name}"
+    registered = settings.vqvae_name
     version, promoted = tracking.register_model(
-        best["run_id"], "model", registered, metric=METRIC, value=best["final_val_mse"],
+        best["run_id"], "model", registered, metric=metric, value=best[final],
         tags={**{k: str(v) for k, v in lineage.items()}, "ray_run": f"{search}-{best['trial']}",
-              "tune_search": search, "tune_trial": best["trial"]})
+              "tune_search": search, "tune_trial": best["trial"], "key_metrics": ",".join(key_metrics),
+              **_decoder_bits(client, best["run_id"])})
     with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
         with open(os.path.join(tmp, "trials.txt"), "w") as f:
             f.write(table + "\n")
         with open(os.path.join(tmp, "trials.json"), "w") as f:
             json.dump(rows, f, indent=1)
         if "stage1.codebook_size" in keys:
-            _plot(rows, os.path.join(tmp, "val_mse_vs_K.png"))
+            _plot(rows, os.path.join(tmp, f"{metric}_vs_K.png"), metric)
         client.log_artifacts(parent, tmp)
-    client.log_metric(parent, "best_val_mse", best["final_val_mse"])
+    client.log_metric(parent, f"best_{metric}", best[final])
     for k, v in {"best_trial": best["trial"], "best_run_id": best["run_id"], "registered_version": version,
                  **{f"best.{k}": str(best[k]) for k in keys}}.items():
         client.set_tag(parent, k, v)

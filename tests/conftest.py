@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file in tests (NOTES-RAY.md)
+# Ray turns token auth on when ~/.ray/auth_token exists; tests start their own instances without one.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,8 @@ def _no_mlflow_env_between_tests(monkeypatch):
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray instance with 4 logical CPUs on 2 cores, so Train workers and Ray Data
-    tasks fit side by side (NOTES-RAY.md)."""
+    tasks fit side by side (with 2 one-CPU workers on 2 CPUs, Ray Data gets no CPU and a stage
+    waits forever for resources)."""
     import ray
 
     if not ray.is_initialized():
@@ -34,7 +36,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def demo_raw(tmp_path_factory) -> Path:
     """A small demo dataset: 10 classes of real photo crops, 12 train + 4 val per class."""
-    from pipeline.data.demo import make_demo_data
+    from pipeline.modalities.image_demo import make_demo_data
 
     out = tmp_path_factory.mktemp("raw") / "demo"
     make_demo_data(out, train_per_class=12, val_per_class=4, seed=1)

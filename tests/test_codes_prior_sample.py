@@ -19,8 +19,10 @@ from PIL import Image
 
 from conftest import TINY_STAGE1, run_job, workdir_with_shards, write_config
 from pipeline.config import load_settings
+from pipeline.data import codeset
 from pipeline.data.reader import SkipCounter, eval_batches, shard_urls
-from pipeline.modalities import image as modality
+
+pytestmark = pytest.mark.slow  # the chain trains on Ray
 
 TINY_STAGE2 = {"steps": 150, "batch_size": 32, "hidden": 32, "num_layers": 4, "kernel_size": 3, "lr": 3e-3,
                "checkpoint_every": 50, "val_every": 75, "log_every": 10}
@@ -30,8 +32,8 @@ TINY_STAGE2 = {"steps": 150, "batch_size": 32, "hidden": 32, "num_layers": 4, "k
 def chain(tmp_path_factory, ray_local, demo_raw, demo_shards):
     """stage 1 -> codes -> stage 2, once for the module."""
     from pipeline.codes import dump_codes
-    from pipeline.stage1 import train_stage1
-    from pipeline.stage2 import train_stage2
+    from pipeline.train.fit_prior import train_prior
+    from pipeline.train.fit_vqvae import train_vqvae
 
     tmp = tmp_path_factory.mktemp("chain")
     work = workdir_with_shards(tmp, demo_shards)
@@ -39,9 +41,9 @@ def chain(tmp_path_factory, ray_local, demo_raw, demo_shards):
                        codes={"batch_size": 64}, sample={"per_class": 3},
                        ray={"num_workers": 2, "cpus_per_worker": 1})
     settings = load_settings(cfg)
-    stage1 = train_stage1(settings)
+    stage1 = train_vqvae(settings)
     codes = dump_codes(settings)
-    stage2 = train_stage2(settings)
+    stage2 = train_prior(settings)
     return {"cfg": cfg, "settings": settings, "stage1": stage1, "codes": codes, "stage2": stage2}
 
 
@@ -57,15 +59,22 @@ def _shard_labels(settings, split: str) -> dict[str, int]:
     return labels
 
 
+def read_codes(folder: str, split: str):
+    """(codes (N, 4, 4), labels (N,), keys) of a split whose code arrays all have one shape."""
+    rows = codeset.read_split(folder, split)
+    return np.stack(rows.codes), np.asarray(rows.cond["labels"]), rows.keys
+
+
 def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
     from pipeline import tracking
-    from pipeline.codes import read_codes, version_dir
 
     settings, manifest = chain["settings"], chain["codes"]
-    folder = version_dir(settings, chain["stage1"]["version"])
+    folder = settings.codes_version_dir(chain["stage1"]["version"])
     assert folder.endswith("/codes/t/v1") and os.path.isfile(f"{folder}/manifest.json")
-    assert manifest["num_codes"] == 32 and manifest["dtype"] == "uint8" and manifest["grid_shape"] == [4, 4]
+    assert manifest["codebook_size"] == 32 and manifest["dtype"] == "uint8" and manifest["latent_shape"] == [4, 4]
     assert manifest["vqvae_name"] == "vqvae-t" and manifest["vqvae_version"] == "1"
+    assert manifest["format"] == 2 and manifest["input_dims_per_code"] == 3 * 4 * 4
+    assert manifest["cond"]["labels"]["kind"] == "class" and manifest["cond"]["labels"]["size"] == 10
     shards = json.loads(open(f"{settings.shards_dir}/manifest.json").read())
     import pyarrow.parquet as pq
 
@@ -73,6 +82,7 @@ def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
         assert manifest["rows"][split] == shards["splits"][split]["samples"]
         table = pq.read_table(f"{folder}/{split}")
         assert table.column("codes").type.value_type.bit_width == 8  # uint8 on disk
+        assert {tuple(s) for s in table.column("shape").to_pylist()} == {(4, 4)}
         codes, labels, keys = read_codes(folder, split)
         assert codes.shape == (shards["splits"][split]["samples"], 4, 4)
         assert codes.min() >= 0 and codes.max() < 32
@@ -83,7 +93,7 @@ def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
     # the stored codes are the registered model's encoding of the val images
     vqvae = tracking.load_vqvae("models:/vqvae-t/1")
     _, urls = shard_urls(settings.shards_dir, "val")
-    x, _ = next(eval_batches(urls[:1], 1000, 0, 1, "png", modality.decode, modality.to_tensor, SkipCounter()))
+    x = next(eval_batches(urls[:1], 1000, 0, 1, settings.modality, SkipCounter())).x
     codes, _, keys = read_codes(folder, "val")
     with tarfile.open(urls[0]) as tar:
         first_keys = list(dict.fromkeys(m.name.rpartition(".")[0] for m in tar))
@@ -92,9 +102,9 @@ def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
 
 
 def test_dumping_again_for_the_same_version_does_nothing(chain, capsys):
-    from pipeline.codes import dump_codes, version_dir
+    from pipeline.codes import dump_codes
 
-    path = f"{version_dir(chain['settings'], '1')}/manifest.json"
+    path = f"{chain['settings'].codes_version_dir('1')}/manifest.json"
     mtime = os.stat(path).st_mtime_ns
     capsys.readouterr()
     assert dump_codes(chain["settings"]) == chain["codes"]
@@ -111,7 +121,10 @@ def test_prior_beats_the_uniform_prior_and_records_its_vqvae(chain):
     assert metrics["step"] == TINY_STAGE2["steps"]
     assert metrics["uniform_bits_per_code"] == pytest.approx(math.log2(32))
     assert metrics["val_nll_bits_per_code"] < 0.9 * math.log2(32), metrics
-    assert math.isfinite(metrics["val_bits_per_dim"]) and metrics["val_bits_per_dim"] > 0
+    # the paper's bound: the prior's bits per code over the 48 input dims each code stands for,
+    # plus the decoder's bits per dim (stage 1's val_recon_bits_per_dim)
+    decoder_bits = chain["stage1"]["metrics"]["val_recon_bits_per_dim"]
+    assert metrics["val_bits_per_dim"] == pytest.approx(metrics["val_nll_bits_per_code"] / 48 + decoder_bits)
 
     # The registered metrics are the val metrics of the registered checkpoint's own step.
     settings = chain["settings"]
@@ -126,17 +139,17 @@ def test_prior_beats_the_uniform_prior_and_records_its_vqvae(chain):
     assert info["tags"]["codes"].endswith("/codes/t/v1")
     meta = tracking.model_metadata("models:/prior-t@champion")
     assert meta["vqvae_version"] == "1" and meta["config"]["num_classes"] == 10
-    assert meta["config"]["num_codes"] == 32
+    assert meta["config"]["codebook_size"] == 32 and meta["latent_shape"] == [4, 4]
     run = MlflowClient(chain["settings"].tracking_uri).get_run(chain["stage2"]["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "stage2"
     assert tracking.load_prior("models:/prior-t@champion").num_classes == 10
 
 
 def test_training_the_prior_again_does_nothing(chain, capsys):
-    from pipeline.stage2 import train_stage2
+    from pipeline.train.fit_prior import train_prior
 
     capsys.readouterr()
-    assert train_stage2(chain["settings"]) == chain["stage2"]
+    assert train_prior(chain["settings"]) == chain["stage2"]
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -148,7 +161,12 @@ def test_sample_writes_one_row_per_class(chain):
     with Image.open(path) as img:
         size = 16 + 2  # image_size + grid padding
         assert img.size == (3 * size + 2, 10 * size + 2)
-        assert np.asarray(img).std() > 0
+        pixels = np.asarray(img.convert("RGB"), dtype=float)
+    tiles = np.stack([pixels[2 + r * size:r * size + size, 2 + c * size:c * size + size]
+                      for r in range(10) for c in range(3)])  # (30, 16, 16, 3), padding cut away
+    assert (tiles.reshape(30, -1).std(axis=1) > 1).all()  # every tile is a picture, not a flat fill
+    rows = tiles.reshape(10, 3, -1).mean(axis=(1, 2))
+    assert len(np.unique(rows.round(3))) == 10  # each class's row differs
 
 
 def test_a_prior_of_another_vqvae_version_is_refused(chain):
@@ -198,7 +216,7 @@ def test_a_corrupt_sample_and_a_truncated_shard_are_skipped_and_counted(chain, t
     """Runs last in the module: it adds a codes run to the chain's store (the shards are a copy)."""
     from mlflow import MlflowClient
 
-    from pipeline.codes import dump_codes, read_codes, version_dir
+    from pipeline.codes import dump_codes
 
     settings = chain["settings"]
     work = workdir_with_shards(tmp_path, Path(settings.shards_dir))
@@ -212,7 +230,7 @@ def test_a_corrupt_sample_and_a_truncated_shard_are_skipped_and_counted(chain, t
 
     manifest = dump_codes(damaged)  # finishes: nothing is fatal
     assert manifest["skipped"] == {"train": 1, "val": len(lost)}
-    good, folder = version_dir(settings, "1"), version_dir(damaged, "1")
+    good, folder = settings.codes_version_dir("1"), damaged.codes_version_dir("1")
     for split, gone in (("train", {spoiled}), ("val", lost)):
         all_codes, all_labels, all_keys = read_codes(good, split)
         codes, labels, keys = read_codes(folder, split)

@@ -14,6 +14,16 @@ def test_overrides_are_parsed_as_yaml(tmp_path, demo_raw):
     assert s.stage1.steps == 300 and s.stage1.ema is True and s.ray.use_gpu is False
 
 
+def test_the_data_section_belongs_to_the_modality(tmp_path, demo_raw):
+    from pipeline.modalities.image import ImageData, ImageModality
+
+    s = load_settings(write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw), ["data.image_size=24"])
+    assert isinstance(s.data, ImageData) and isinstance(s.modality, ImageModality)
+    # its own fields survive the round trip Ray workers make through model_dump()
+    again = type(s).model_validate(s.model_dump())
+    assert isinstance(again.data, ImageData) and again.data.image_size == 24
+
+
 def test_paths_are_made_absolute_and_workdir_is_substituted(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "c.yaml", "rel/work", "{workdir}/raw")
@@ -27,6 +37,9 @@ def test_paths_are_made_absolute_and_workdir_is_substituted(tmp_path, monkeypatc
     ("stage1.steps=many", "key 'stage1.steps'"),
     ("data.image_size=[1, 2]", "key 'data.image_size'"),
     ("nonsense", "expected dotted.key=value"),
+    ("data.modality=sound", "key 'data': modality: unknown modality 'sound'"),
+    ("data.modality=nowhere.module:THING", "modality 'nowhere.module:THING' cannot be imported"),
+    ("data.sample_rate=16000", "unknown key 'data.sample_rate'"),  # a field of another modality
 ])
 def test_bad_settings_raise_one_clear_error(tmp_path, demo_raw, override, fragment):
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw)

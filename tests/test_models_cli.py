@@ -1,4 +1,4 @@
-"""jobs/models.py (pipeline/registry.py) against a real MLflow SQLite store holding tiny real models
+"""jobs/models.py (pipeline/registry_cli.py) against a real MLflow SQLite store holding tiny real models
 registered the way stage 1 and stage 2 register theirs: list, show, promote, their one-line
 errors, and the two models:/ URI forms every job that takes a model accepts."""
 from __future__ import annotations
@@ -17,7 +17,8 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, run_job, write_config
-from pipeline import registry, tracking
+from pipeline import registry_cli as registry
+from pipeline import tracking
 from pipeline.config import load_settings
 from pipeline.errors import UserError
 from pipeline.models.pixelcnn import GatedPixelCNN
@@ -38,7 +39,7 @@ def tiny_vqvae(seed: int) -> VQVAE:
 
 def tiny_prior(seed: int) -> GatedPixelCNN:
     torch.manual_seed(seed)
-    return GatedPixelCNN(num_codes=8, num_classes=3, hidden=8, num_layers=2).eval()
+    return GatedPixelCNN(codebook_size=8, num_classes=3, hidden=8, num_layers=2).eval()
 
 
 def register(exp_id: str, model, name: str, metric: str, value: float, history: dict[int, dict],
@@ -90,7 +91,7 @@ def models(*args: str, env: dict | None = None):
 
 
 def aliases(name: str) -> dict[str, str]:
-    """The registry's own record, read past pipeline.registry (the SQL store gives ints)."""
+    """The registry's own record, read past pipeline.registry_cli (the SQL store gives ints)."""
     return {a: str(v) for a, v in MlflowClient().get_registered_model(name).aliases.items()}
 
 
@@ -244,9 +245,15 @@ def test_readme_registry_commands_run(store, tmp_path):
     demo["mlflow"]["tracking_uri"] = store
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(demo))
-    for command in blocks[0].strip().splitlines():
+    # what each command must print: every model / the prior's version / the alias moving back to v1
+    expected = {"list": ["vqvae-demo  1", "vqvae-demo  2", "prior-demo  1"], "show": ["prior-demo v1  [champion]"],
+                "promote": ["vqvae-demo@champion: v2 (val_mse=0.25) -> v1 (val_mse=0.5)"]}
+    commands = blocks[0].strip().splitlines()
+    assert [c.split()[2] for c in commands] == list(expected)
+    for command in commands:
         args = command.split("#")[0].replace("configs/demo.yaml", str(config)).split()
         assert args[:2] == [".venv/bin/python", "jobs/models.py"], command
         proc = models(*args[2:])
         assert proc.returncode == 0, (command, proc.stderr)
-        assert "vqvae-demo" in proc.stdout or "prior-demo" in proc.stdout, proc.stdout
+        for text in expected[args[2]]:
+            assert text in proc.stdout, (command, text, proc.stdout)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -13,6 +14,8 @@ from conftest import TINY_STAGE1, write_config
 from pipeline import tracking
 from pipeline.config import load_settings
 from pipeline.run_all import run_pipeline
+
+pytestmark = pytest.mark.slow
 
 TINY_STAGE2 = {"steps": 60, "batch_size": 32, "hidden": 32, "num_layers": 4, "kernel_size": 3, "lr": 3e-3,
                "checkpoint_every": 30, "val_every": 30, "log_every": 10}

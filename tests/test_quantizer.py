@@ -33,7 +33,7 @@ def set_codebook(vq, codebook):
 )
 def test_indices_are_brute_force_nearest_codes(shape):
     torch.manual_seed(0)
-    vq = VectorQuantizer(num_codes=64, dim=8)
+    vq = VectorQuantizer(codebook_size=64, dim=8)
     set_codebook(vq, torch.randn(64, 8))
     z_e = torch.randn(shape)
     out = vq(z_e)
@@ -46,7 +46,7 @@ def test_indices_are_brute_force_nearest_codes(shape):
 @pytest.mark.parametrize("ema", [False, True])
 def test_loss_is_codebook_plus_beta_commitment(ema):
     torch.manual_seed(0)
-    vq = VectorQuantizer(num_codes=16, dim=4, beta=0.4, ema=ema).eval()
+    vq = VectorQuantizer(codebook_size=16, dim=4, beta=0.4, ema=ema).eval()
     set_codebook(vq, torch.randn(16, 4))
     z_e = torch.randn(2, 4, 5, 5)
     out = vq(z_e)
@@ -65,9 +65,9 @@ def test_loss_is_codebook_plus_beta_commitment(ema):
 
 def test_straight_through_gradient_and_codebook_gradient_from_codebook_loss_only():
     torch.manual_seed(0)
-    beta, num_codes, dim = 0.25, 16, 4
-    vq = VectorQuantizer(num_codes=num_codes, dim=dim, beta=beta)
-    set_codebook(vq, torch.randn(num_codes, dim))
+    beta, codebook_size, dim = 0.25, 16, 4
+    vq = VectorQuantizer(codebook_size=codebook_size, dim=dim, beta=beta)
+    set_codebook(vq, torch.randn(codebook_size, dim))
     z_e = torch.randn(2, dim, 3, 3, requires_grad=True)
     w = torch.randn(2, dim, 3, 3)
 
@@ -82,7 +82,7 @@ def test_straight_through_gradient_and_codebook_gradient_from_codebook_loss_only
     indices = brute_force_indices(z_e, vq.codebook)
     e = vq.codebook.detach()[indices]
     numel = z.numel()
-    expected_codebook_grad = torch.zeros(num_codes, dim)
+    expected_codebook_grad = torch.zeros(codebook_size, dim)
     for j, i in enumerate(indices):  # d/de_i of mean ||sg[z] - e||^2
         expected_codebook_grad[i] += 2 * (e[j] - z[j]) / numel
     torch.testing.assert_close(vq.codebook.grad, expected_codebook_grad)
@@ -92,21 +92,21 @@ def test_straight_through_gradient_and_codebook_gradient_from_codebook_loss_only
 
 def test_ema_update_follows_appendix_equations_with_laplace_smoothing():
     torch.manual_seed(0)
-    num_codes, dim, g, eps = 8, 4, 0.9, 0.5  # a large eps makes the smoothing visible
-    vq = VectorQuantizer(num_codes=num_codes, dim=dim, ema=True, decay=g, eps=eps)
-    set_codebook(vq, torch.randn(num_codes, dim))
+    codebook_size, dim, g, eps = 8, 4, 0.9, 0.5  # a large eps makes the smoothing visible
+    vq = VectorQuantizer(codebook_size=codebook_size, dim=dim, ema=True, decay=g, eps=eps)
+    set_codebook(vq, torch.randn(codebook_size, dim))
     count0, sum0 = vq.ema_count.clone(), vq.ema_sum.clone()
     z_e = torch.randn(4, dim, 3, 3)
     indices = brute_force_indices(z_e, vq.codebook)
     vq(z_e)
 
     z = flat_channels_last(z_e)
-    n = torch.stack([(indices == i).sum() for i in range(num_codes)]).float()
-    z_sum = torch.stack([z[indices == i].sum(0) for i in range(num_codes)])
+    n = torch.stack([(indices == i).sum() for i in range(codebook_size)]).float()
+    z_sum = torch.stack([z[indices == i].sum(0) for i in range(codebook_size)])
     count = g * count0 + (1 - g) * n  # N_i <- g N_i + (1-g) n_i
     m = g * sum0 + (1 - g) * z_sum  # m_i <- g m_i + (1-g) sum_j z_ij
     total = count.sum()
-    smoothed = (count + eps) / (total + num_codes * eps) * total
+    smoothed = (count + eps) / (total + codebook_size * eps) * total
     expected = m / smoothed.unsqueeze(1)  # e_i = m_i / N_i
     torch.testing.assert_close(vq.ema_count, count)
     torch.testing.assert_close(vq.ema_sum, m)
@@ -115,7 +115,7 @@ def test_ema_update_follows_appendix_equations_with_laplace_smoothing():
 
 
 def test_ema_codebook_frozen_in_eval_mode():
-    vq = VectorQuantizer(num_codes=8, dim=4, ema=True).eval()
+    vq = VectorQuantizer(codebook_size=8, dim=4, ema=True).eval()
     before = vq.codebook.clone()
     vq(torch.randn(2, 4, 3, 3))
     assert torch.equal(vq.codebook, before) and vq.step.item() == 0
@@ -123,10 +123,10 @@ def test_ema_codebook_frozen_in_eval_mode():
 
 def test_autocast_bf16_keeps_fp32_nearest_neighbours():
     torch.manual_seed(0)
-    num_codes, dim = 512, 64
-    vq = VectorQuantizer(num_codes=num_codes, dim=dim)
+    codebook_size, dim = 512, 64
+    vq = VectorQuantizer(codebook_size=codebook_size, dim=dim)
     # Codes close together: bf16 distances cannot tell many of them apart.
-    set_codebook(vq, torch.randn(1, dim) + 0.02 * torch.randn(num_codes, dim))
+    set_codebook(vq, torch.randn(1, dim) + 0.02 * torch.randn(codebook_size, dim))
     z_e = torch.randn(1, dim, 1, 1) + 0.02 * torch.randn(4, dim, 8, 8)
     expected = brute_force_indices(z_e, vq.codebook)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -138,7 +138,7 @@ def test_autocast_bf16_keeps_fp32_nearest_neighbours():
 
 
 def test_perplexity_and_usage_of_a_known_histogram():
-    vq = VectorQuantizer(num_codes=8, dim=2).eval()
+    vq = VectorQuantizer(codebook_size=8, dim=2).eval()
     set_codebook(vq, torch.arange(16.0).view(8, 2))
     uniform = vq.codebook.detach()[:4].t().reshape(1, 2, 4)  # codes 0..3 once each
     out = vq(uniform)
@@ -153,49 +153,91 @@ def test_perplexity_and_usage_of_a_known_histogram():
 @pytest.mark.parametrize("ema", [False, True])
 def test_dead_codes_restart_at_encoder_outputs(ema):
     torch.manual_seed(0)
-    num_codes, dim, steps = 8, 4, 3
-    vq = VectorQuantizer(num_codes=num_codes, dim=dim, ema=ema, dead_code_steps=steps)
-    far = 100.0 + torch.randn(num_codes - 2, dim)
+    codebook_size, dim, steps = 8, 4, 3
+    vq = VectorQuantizer(codebook_size=codebook_size, dim=dim, ema=ema, dead_code_steps=steps)
+    far = 100.0 + torch.randn(codebook_size - 2, dim)
     set_codebook(vq, torch.cat([torch.randn(2, dim), far]))
     batches = [torch.randn(4, dim, 4, 4) for _ in range(steps + 5)]
 
     for z_e in batches[: steps - 1]:
         vq(z_e)
     assert torch.equal(vq.codebook[2:], far) if not ema else vq.codebook[2:].min() > 50
-    assert vq.window_usage() == 2 / num_codes
+    assert vq.window_usage() == 2 / codebook_size
 
     vq(batches[steps - 1])  # the far codes have now been unused for `steps` steps
     z = flat_channels_last(batches[steps - 1])
     for code in vq.codebook[2:]:
         assert (z == code).all(1).any(), "a restarted code is not an encoder output of the batch"
     if ema:
-        assert torch.equal(vq.ema_count[2:], torch.ones(num_codes - 2))
+        assert torch.equal(vq.ema_count[2:], torch.ones(codebook_size - 2))
         assert torch.equal(vq.ema_sum[2:], vq.codebook[2:])  # e_i = m_i / N_i still holds
 
     for z_e in batches[steps:]:
         vq(z_e)
     assert vq.window_usage() > 0.5
-    assert vq.code_counts.sum().item() == sum(b.numel() // dim for b in batches)
 
 
-def test_usage_window_and_counts_survive_state_dict():
-    vq = VectorQuantizer(num_codes=8, dim=4, ema=True, usage_window=2)
+def test_usage_window_survives_state_dict_and_old_state_dicts_load():
+    vq = VectorQuantizer(codebook_size=8, dim=4, ema=True, usage_window=2)
     for _ in range(3):
         vq(torch.randn(2, 4, 3, 3))
-    clone = VectorQuantizer(num_codes=8, dim=4, ema=True, usage_window=2)
+    clone = VectorQuantizer(codebook_size=8, dim=4, ema=True, usage_window=2)
     clone.load_state_dict(vq.state_dict())
     assert clone.window_usage() == vq.window_usage() > 0
-    assert torch.equal(clone.code_counts, vq.code_counts)
-    vq.reset_code_counts()
-    assert vq.code_counts.sum().item() == 0
+    # models registered before the unused `code_counts` buffer went still load, strictly
+    old = {**vq.state_dict(), "code_counts": torch.zeros(8, dtype=torch.long)}
+    clone.load_state_dict(old, strict=True)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        clone.load_state_dict({**vq.state_dict(), "something_else": torch.zeros(1)}, strict=True)
+
+
+# ---- masks: padded positions take no part ----------------------------------------------------
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_masked_positions_change_no_loss_statistic_or_restart(ema):
+    """A batch with padding gives the losses, EMA statistics, usage and perplexity of its real
+    positions alone, as if the padding were not there."""
+    torch.manual_seed(0)
+    kwargs = dict(codebook_size=8, dim=4, ema=ema, decay=0.5, dead_code_steps=1)
+    masked, alone = VectorQuantizer(**kwargs), VectorQuantizer(**kwargs)
+    codebook = torch.randn(8, 4)
+    set_codebook(masked, codebook)
+    set_codebook(alone, codebook)
+    real = torch.randn(1, 4, 6)
+    padding = 50.0 + torch.randn(1, 4, 4)  # far away: unmasked, it would claim a code of its own
+    z_e = torch.cat([real, padding], dim=2)
+    mask = torch.tensor([[True] * 6 + [False] * 4])
+
+    torch.manual_seed(1)
+    out_masked = masked(z_e, mask)
+    torch.manual_seed(1)
+    out_alone = alone(real)
+    for name in ("loss", "commitment_loss", "codebook_loss", "perplexity", "usage"):
+        torch.testing.assert_close(getattr(out_masked, name), getattr(out_alone, name), msg=name)
+    assert torch.equal(out_masked.indices[:, :6], out_alone.indices)
+    torch.testing.assert_close(masked.last_used, alone.last_used)
+    # restarted codes come from real positions only (same draws as the unpadded batch)
+    torch.testing.assert_close(masked.codebook, alone.codebook)
+    if ema:
+        torch.testing.assert_close(masked.ema_count, alone.ema_count)
+        torch.testing.assert_close(masked.ema_sum, alone.ema_sum)
+
+
+def test_an_all_true_mask_is_no_mask():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(codebook_size=8, dim=4).eval()
+    z_e = torch.randn(2, 4, 5)
+    a, b = vq(z_e), vq(z_e, torch.ones(2, 5, dtype=torch.bool))
+    torch.testing.assert_close(a.loss, b.loss)
+    torch.testing.assert_close(a.perplexity, b.perplexity)
 
 
 # ---- DDP: two gloo processes, each with half of a fixed batch --------------------------------
 
 DDP_STEPS = 4
 DDP_SCENARIOS = {
-    "ema": dict(num_codes=16, dim=4, ema=True, decay=0.8),
-    "ema_restart": dict(num_codes=16, dim=4, ema=True, decay=0.8, dead_code_steps=2),
+    "ema": dict(codebook_size=16, dim=4, ema=True, decay=0.8),
+    "ema_restart": dict(codebook_size=16, dim=4, ema=True, decay=0.8, dead_code_steps=2),
 }
 
 
@@ -207,7 +249,7 @@ def ddp_batches():
 def ddp_quantizer(kwargs):
     torch.manual_seed(0)
     vq = VectorQuantizer(**kwargs)
-    set_codebook(vq, torch.randn(kwargs["num_codes"], kwargs["dim"]))
+    set_codebook(vq, torch.randn(kwargs["codebook_size"], kwargs["dim"]))
     return vq
 
 

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 TINY = ["--set", "stage1.steps=40", "--set", "stage1.hidden=32", "--set", "stage1.codebook_size=32",
@@ -27,6 +29,7 @@ def test_readme_starts_with_the_two_commands():
     assert "\ndemo:" in makefile and "\ntest:" in makefile and "torch==2.13.0" in makefile
 
 
+@pytest.mark.slow
 def test_readme_stage_commands_and_snippet_run(tmp_path):
     work = tmp_path / "demo"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}

@@ -21,8 +21,7 @@ def loop():
     optimizer = torch.optim.Adam(model.parameters())
     x = torch.rand(64, 3, 32, 32)  # the demo's batch
     def step():
-        x_recon, vq = model(x)
-        loss = torch.nn.functional.mse_loss(x_recon, x) + vq.loss
+        loss = model(x).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

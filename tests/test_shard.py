@@ -1,4 +1,4 @@
-"""Stage 0 on a real local Ray instance: real photos in, webdataset tars + manifest out."""
+"""Shard on a real local Ray instance: real photos in, webdataset tars + manifest out."""
 from __future__ import annotations
 
 import hashlib
@@ -22,6 +22,8 @@ from conftest import REPO, run_job, write_config
 from pipeline.config import load_settings
 from pipeline.data.shard import shard_dataset
 from pipeline.modalities import image as modality
+
+pytestmark = pytest.mark.slow  # every test here starts Ray or runs a job
 
 
 def reference_pixels(path: Path, size: int) -> np.ndarray:
@@ -57,6 +59,7 @@ def test_counts_labels_and_pixels_round_trip(sharded, demo_raw):
     settings, manifest, out = sharded
     classes = sorted(p.name for p in (demo_raw / "train").iterdir())
     assert manifest["classes"] == classes
+    assert manifest["cond"] == {"labels": {"kind": "class", "size": len(classes), "names": classes}}
     size = settings.data.image_size
     for split in ("train", "val"):
         sources = {f"{p.parent.name}-{p.stem}": p for p in (demo_raw / split).glob("*/*.JPEG")}
@@ -68,10 +71,10 @@ def test_counts_labels_and_pixels_round_trip(sharded, demo_raw):
         for key, fields in seen.items():
             src = sources[key]
             assert int(fields["cls"]) == classes.index(src.parent.name)
-            stored = modality.decode(fields["png"])
+            stored = modality.decode_png(fields["png"])
             assert stored.shape == (size, size, 3)
             # lossless: the shard holds exactly what preprocessing produced
-            assert np.array_equal(stored, modality.preprocess(src.read_bytes(), size, 32))
+            assert np.array_equal(stored, modality.preprocess_pixels(src.read_bytes(), size, 32))
             # and that is the plain resize + centre crop (JPEG draft decoding differs by a little)
             diffs.append(np.abs(stored.astype(int) - reference_pixels(src, size)).mean())
         assert max(diffs) < 4.0 and np.mean(diffs) < 1.0, (max(diffs), np.mean(diffs))
@@ -147,10 +150,10 @@ def test_bad_files_are_skipped_with_reasons_and_odd_modes_converted(tmp_path, de
     for s in manifest["splits"]["train"]["shards"]:
         samples.update(read_tar(out / s["path"]))
     for odd in ("odd_gray", "odd_cmyk", "odd_palette", "odd_rgba", "odd_16bit"):
-        px = modality.decode(samples[f"cat-{odd}"]["png"])
+        px = modality.decode_png(samples[f"cat-{odd}"]["png"])
         assert px.shape == (16, 16, 3) and px.std() > 5, odd  # a real picture, not a flat clip
-    gray = modality.decode(samples["cat-odd_gray"]["png"]).astype(int)
-    deep = modality.decode(samples["cat-odd_16bit"]["png"]).astype(int)
+    gray = modality.decode_png(samples["cat-odd_gray"]["png"]).astype(int)
+    deep = modality.decode_png(samples["cat-odd_16bit"]["png"]).astype(int)
     assert np.abs(gray - deep).max() <= 1  # 16-bit scaled down, not clipped at 255
 
 

@@ -53,7 +53,7 @@ def small_vqvae(seed: int = 0) -> VQVAE:
 
 def small_prior(seed: int = 0) -> GatedPixelCNN:
     torch.manual_seed(seed)
-    return GatedPixelCNN(num_codes=8, num_classes=3, hidden=8, num_layers=2).eval()
+    return GatedPixelCNN(codebook_size=8, num_classes=3, hidden=8, num_layers=2).eval()
 
 
 def log_and_register(exp_id, model, name, value, metadata=None, tags=None):
@@ -71,13 +71,13 @@ def test_vqvae_roundtrip_through_the_registry(store):
     )
     assert (version, promoted) == ("1", True)
     with torch.no_grad():
-        want_recon, want_vq = model(x)
+        want = model(x)
         for model_uri in ("models:/vqvae-t@champion", "models:/vqvae-t/1", f"runs:/{run_id}/model", uri):
             loaded = tracking.load_vqvae(model_uri)
             assert isinstance(loaded, VQVAE) and not loaded.training
-            recon, vq = loaded(x)
-            assert torch.equal(recon, want_recon), model_uri
-            assert torch.equal(vq.indices, want_vq.indices)
+            got = loaded(x)
+            assert torch.equal(got.recon, want.recon), model_uri
+            assert torch.equal(got.vq.indices, want.vq.indices)
             assert torch.equal(loaded.encode(x), model.encode(x))
 
     info = tracking.resolve("models:/vqvae-t@champion")
@@ -103,9 +103,35 @@ def test_prior_roundtrip_and_class_checks(store):
     labels = torch.tensor([0, 2])
     loaded = tracking.load_prior("models:/prior-t@champion")
     with torch.no_grad():
-        assert torch.equal(loaded(codes, labels), prior(codes, labels))
-    with pytest.raises(UserError, match="models:/prior-t@champion.*GatedPixelCNN.*VQVAE"):
+        assert torch.equal(loaded.logits(codes, {"labels": labels}), prior.logits(codes, {"labels": labels}))
+    with pytest.raises(UserError, match="models:/prior-t@champion is a GatedPixelCNN, not a VQ-VAE"):
         tracking.load_vqvae("models:/prior-t@champion")
+
+
+def test_models_registered_before_the_modality_seam_still_load(store, tmp_path):
+    """Files as stage 1 and stage 2 wrote them until 2026-11-26: a VQ-VAE with the unused
+    `code_counts` buffer, a prior whose config says `num_codes`."""
+    from safetensors.torch import load_file, save_file
+
+    vqvae, prior = small_vqvae(), small_prior()
+    for model, name, extra in ((vqvae, "VQVAE", {"vq.code_counts": torch.zeros(8, dtype=torch.long)}),
+                               (prior, "GatedPixelCNN", {})):
+        folder = tmp_path / name
+        tracking.save_model_files(model, folder)
+        weights = {**load_file(folder / tracking.WEIGHTS_FILE), **extra}
+        save_file(weights, folder / tracking.WEIGHTS_FILE, metadata={"class": name})
+        config = json.loads((folder / tracking.CONFIG_FILE).read_text())
+        if name == "GatedPixelCNN":
+            config["config"]["num_codes"] = config["config"].pop("codebook_size")
+            config["config"].pop("cond_key")
+        (folder / tracking.CONFIG_FILE).write_text(json.dumps(config))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(tracking.load_vqvae(str(tmp_path / "VQVAE")).encode(x), vqvae.encode(x))
+        codes = torch.randint(0, 8, (1, 4, 4))
+        old = tracking.load_prior(str(tmp_path / "GatedPixelCNN"))
+        assert torch.equal(old.logits(codes, {"labels": torch.tensor([1])}),
+                           prior.logits(codes, {"labels": torch.tensor([1])}))
 
 
 def test_champion_moves_only_to_a_better_version(store):

@@ -94,13 +94,14 @@ def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, dem
     assert info["tags"]["tune_trial"] == best["trial"] == parent.data.tags["best_trial"]
     assert float(info["tags"]["metric.val_mse"]) == pytest.approx(best["final_val_mse"])
     model = tracking.load_vqvae("models:/vqvae-t@champion")
-    assert model.vq.num_codes == best["stage1.codebook_size"]
+    assert model.vq.codebook_size == best["stage1.codebook_size"]
 
     # the same search again does nothing
     again = run_job("tune_codebook.py", "--config", str(cfg), timeout=120, env={"RAY_ADDRESS": address})
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_refuses_to_start_a_second_local_instance(tmp_path, ray_local, demo_raw, demo_shards):
     """Beside another local instance a search would hang (ray #54305): one line, exit 2."""
     work = workdir_with_shards(tmp_path, demo_shards)

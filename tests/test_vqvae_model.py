@@ -24,11 +24,12 @@ def test_shapes_for_1d_2d_3d(spatial_dims, downsamples, shape, latent):
     torch.manual_seed(0)
     model = VQVAE(in_channels=2, num_downsamples=downsamples, spatial_dims=spatial_dims, **TINY)
     x = torch.randn(3, 2, *shape)
-    x_recon, vq_out = model(x)
-    assert x_recon.shape == x.shape
-    assert vq_out.indices.shape == (3, *latent)
-    assert vq_out.quantized.shape == (3, TINY["code_dim"], *latent)
+    out = model(x)
+    assert out.recon.shape == x.shape
+    assert out.vq.indices.shape == (3, *latent)
+    assert out.vq.quantized.shape == (3, TINY["code_dim"], *latent)
     assert model.latent_shape(shape) == latent
+    assert model.input_dims_per_code == 2 * math.prod(shape) // math.prod(latent)
 
 
 @pytest.mark.parametrize("spatial_dims,downsamples,shape,latent", SHAPES, ids=["1d", "2d", "3d"])
@@ -40,10 +41,10 @@ def test_decode_indices_of_encode_equals_forward_reconstruction(
     model.eval()
     x = torch.randn(3, 2, *shape)
     with torch.no_grad():
-        x_recon, vq_out = model(x)
+        out = model(x)
     indices = model.encode(x)
-    assert indices.dtype == torch.int64 and torch.equal(indices, vq_out.indices)
-    assert torch.equal(model.decode_indices(indices), x_recon)
+    assert indices.dtype == torch.int64 and torch.equal(indices, out.vq.indices)
+    assert torch.equal(model.decode_indices(indices), out.recon)
 
 
 def test_encode_never_updates_the_codebook():
@@ -64,18 +65,49 @@ def test_config_round_trip_reproduces_outputs():
     rebuilt.eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        (a, out_a), (b, out_b) = model(x), rebuilt(x)
+        a, b = model(x), rebuilt(x)
     assert rebuilt.config == model.config
-    assert torch.equal(a, b) and torch.equal(out_a.indices, out_b.indices)
+    assert torch.equal(a.recon, b.recon) and torch.equal(a.vq.indices, b.vq.indices)
 
 
 def test_latent_shape_rejects_inputs_too_small():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="too small for 6 downsamplings"):
         VQVAE(spatial_dims=1, num_downsamples=6, **TINY).latent_shape((32,))
 
 
+def test_the_model_owns_eq_3_mse_plus_codebook_plus_beta_commitment():
+    torch.manual_seed(0)
+    model = VQVAE(in_channels=3, beta=0.3, **TINY)
+    x = torch.randn(2, 3, 16, 16)
+    out = model(x)
+    z_e = model.encoder(x)
+    e = model.vq.codebook[out.vq.indices].movedim(-1, 1)
+    by_hand = F.mse_loss(out.recon, x) + (z_e - e).square().mean() * (1 + 0.3)
+    torch.testing.assert_close(out.loss, by_hand)
+    torch.testing.assert_close(out.recon_loss, F.mse_loss(out.recon, x))
+
+
+def test_a_padded_sequence_scores_as_its_real_part():
+    """Masked positions take no part in the reconstruction loss or the codebook statistics."""
+    torch.manual_seed(0)
+    model = VQVAE(in_channels=1, spatial_dims=1, num_downsamples=2, **TINY).eval()
+    x = torch.randn(1, 1, 32)
+    padded = torch.cat([x, 9.0 * torch.ones(1, 1, 16)], dim=2)
+    mask = torch.tensor([[True] * 32 + [False] * 16])
+    out = model(padded, mask=mask)
+    alone = model(x)
+    # convolutions see across the boundary, so compare the statistics, not the numbers near it
+    assert out.vq.indices.shape == (1, 12)
+    assert model.latent_mask(mask, (12,)).tolist() == [[True] * 8 + [False] * 4]
+    assert out.vq.usage.item() == pytest.approx(torch.unique(out.vq.indices[:, :8]).numel() / 32)
+    weight = mask.unsqueeze(1).float()
+    torch.testing.assert_close(out.recon_loss, ((out.recon - padded).square() * weight).sum() / 32)
+    assert alone.vq.indices.shape == (1, 8)
+
+
 def structured_images(n=16, size=16, seed=0):
-    """Smooth coloured gradients and sinusoidal stripes in [-1, 1]: images a VQ-VAE can learn."""
+    """Smooth coloured gradients and sinusoidal stripes in [-1, 1]: images a VQ-VAE can learn
+    (a wider range than the [-0.5, 0.5] of real images: the model does not care)."""
     generator = torch.Generator().manual_seed(seed)
     coords = torch.linspace(0, 1, size)
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
@@ -98,15 +130,14 @@ def test_tiny_model_learns_to_reconstruct_structured_images():
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(100):
-        x_recon, vq_out = model(x)
-        mse = F.mse_loss(x_recon, x)
+        out = model(x)
         optimizer.zero_grad()
-        (mse + vq_out.loss).backward()
+        out.loss.backward()
         optimizer.step()
-        losses.append(mse.item())
+        losses.append(out.recon_loss.item())
     model.eval()
     with torch.no_grad():
-        final = F.mse_loss(model(x)[0], x).item()
+        final = F.mse_loss(model(x).recon, x).item()
     assert final < 0.5 * losses[0], (losses[0], final)
     # and well below what a model that only kept each image's mean colour would reach
     per_image_mean = F.mse_loss(x.mean((2, 3), keepdim=True).expand_as(x), x).item()

@@ -1,12 +1,13 @@
-"""Stage 0: a raw dataset folder -> webdataset tar shards + manifest.json, on Ray Data.
+"""Shard: a raw dataset folder -> webdataset tar shards + manifest.json, on Ray Data.
 
     python jobs/shard.py --config configs/demo.yaml [--set overwrite=true]
 
-The driver lists the inputs (class folders listed in parallel) and cuts each split into shards of
-`data.samples_per_shard` files; every shard is then one Ray Data task that reads, decodes,
-preprocesses and writes its tar (temporary name, then rename). No shuffle between stages: the
-pixels go from file to tar in one worker. The manifest is written last, so a folder without one
-is unfinished and is redone.
+The driver asks the modality for the raw inputs of each split (`find`) and cuts each split into
+shards of `data.samples_per_shard` inputs; every shard is then one Ray Data task that reads,
+preprocesses and writes its tar (temporary name, then rename), the modality saying what becomes
+of each input (`preprocess`, `to_members`). No shuffle between stages: a sample goes from file to
+tar in one worker. The manifest is written last, so a folder without one is unfinished and is
+redone.
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import json
 import tarfile
 import time
 
+from pipeline import modalities
 from pipeline.config import Settings
 from pipeline.data import fs as fsx
-from pipeline.data.sources import RawFile, check_root, list_imagenet_layout
-from pipeline.modalities import image as modality
+from pipeline.errors import UserError
+from pipeline.modalities import RawItem, SkipSample
 from pipeline.runtime import init_ray
 
 MANIFEST = "manifest.json"
@@ -37,25 +39,28 @@ def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(task: dict, *, root: str, out: str, image_size: int, min_source_size: int) -> dict:
-    """One Ray Data task: decode + preprocess the shard's files and write its tar atomically."""
-    fs_in, _ = fsx.filesystem(root)
+def write_shard(task: dict, *, data: dict, out: str) -> dict:
+    """One Ray Data task: read + preprocess the shard's inputs and write its tar atomically."""
+    modality = modalities.get(data["modality"])
+    config = modality.DataConfig.model_validate(data)
+    fs_in, _ = fsx.filesystem(config.root)
     fs_out, out_base = fsx.filesystem(out)
     buf, skipped, samples = io.BytesIO(), [], 0
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for path, label, key in zip(task["paths"], task["labels"], task["keys"]):
+        for raw in json.loads(task["items"]):
+            item = RawItem(**raw)
             try:
-                if label < 0:
-                    raise modality.SkipSample("no class label (not a train class, or not in the labels file)")
-                pixels = modality.preprocess(fsx.read_bytes(fs_in, path), image_size, min_source_size)
-            except modality.SkipSample as e:
-                skipped.append({"path": path, "reason": str(e)})
+                if item.skip:
+                    raise SkipSample(item.skip)
+                members = modality.to_members(modality.preprocess(fsx.read_bytes(fs_in, item.path), item, config))
+            except SkipSample as e:
+                skipped.append({"path": item.path, "reason": str(e)})
                 continue
             except OSError as e:  # unreadable file: permissions, vanished, I/O error
-                skipped.append({"path": path, "reason": f"unreadable: {e}"})
+                skipped.append({"path": item.path, "reason": f"unreadable: {e}"})
                 continue
-            _tar_member(tar, f"{key}.{modality.SHARD_FIELD}", modality.encode(pixels))
-            _tar_member(tar, f"{key}.cls", str(label).encode())
+            for ext, payload in members.items():
+                _tar_member(tar, f"{item.key}.{ext}", payload)
             samples += 1
     data = buf.getvalue()
     relative = f"{task['split']}/{shard_name(task['split'], task['index'])}"
@@ -64,19 +69,16 @@ def write_shard(task: dict, *, root: str, out: str, image_size: int, min_source_
             "sha256": hashlib.sha256(data).hexdigest(), "skipped": json.dumps(skipped)}
 
 
-def plan_shards(files: list[RawFile], split: str, per_shard: int) -> list[dict]:
+def plan_shards(items: list[RawItem], split: str, per_shard: int) -> list[dict]:
     seen: collections.Counter = collections.Counter()
-    keys = []
-    for f in files:  # keys must be unique within a dataset: a.JPEG and a.png in one class
-        seen[f.key] += 1
-        keys.append(f.key if seen[f.key] == 1 else f"{f.key}_{seen[f.key] - 1}")
-    return [
-        {"split": split, "index": i // per_shard,
-         "paths": [f.path for f in files[i:i + per_shard]],
-         "labels": [f.label for f in files[i:i + per_shard]],
-         "keys": keys[i:i + per_shard]}
-        for i in range(0, len(files), per_shard)
-    ]
+    planned = []
+    for item in items:  # keys must be unique within a dataset: a.JPEG and a.png in one class
+        seen[item.key] += 1
+        key = item.key if seen[item.key] == 1 else f"{item.key}_{seen[item.key] - 1}"
+        planned.append({**item.__dict__, "key": key})
+    # Items travel as JSON text: Ray Data's Arrow blocks would otherwise reshape their dicts.
+    return [{"split": split, "index": i // per_shard, "items": json.dumps(planned[i:i + per_shard])}
+            for i in range(0, len(planned), per_shard)]
 
 
 def _clear_previous(fs, base: str) -> None:
@@ -95,6 +97,15 @@ def load_manifest(shards_dir: str) -> dict | None:
     return json.loads(fsx.read_bytes(fs, path)) if fsx.exists(fs, path) else None
 
 
+def shard_cond(manifest: dict) -> dict:
+    """The conditioning the shards carry (CondSpec JSON by name)."""
+    if "cond" in manifest:
+        return manifest["cond"]
+    # manifests written before 2026-11-26: class folders only, ids in the `cls` member
+    classes = manifest.get("classes", [])
+    return {"labels": {"kind": "class", "size": len(classes), "names": classes}} if classes else {}
+
+
 def shard_dataset(settings: Settings) -> dict:
     data, out = settings.data, settings.shards_dir
     fs, base = fsx.filesystem(out)
@@ -107,14 +118,17 @@ def shard_dataset(settings: Settings) -> dict:
     if finished is None and fsx.exists(fs, f"{base}/train"):
         print(f"shard {data.name}: {out} holds an unfinished run (no {MANIFEST}); redoing it")
     start = time.perf_counter()
-    check_root(data.root)
-    init_ray(settings)
-    classes, splits = list_imagenet_layout(data.root, data.val_fraction, data.seed, modality.is_candidate)
+    modality = settings.modality
+    root_fs, root_path = fsx.filesystem(data.root)
+    if root_fs.get_file_info(root_path).type != fsx.pafs.FileType.Directory:
+        raise UserError(f"data.root does not exist or is not a folder: {data.root}")
+    init_ray(settings)  # before listing: a layout of many class folders is listed with Ray Data
+    listing = modality.find(data)
     _clear_previous(fs, base)
 
     import ray
 
-    tasks = [t for s in SPLITS for t in plan_shards(splits[s], s, data.samples_per_shard)]
+    tasks = [t for s in SPLITS for t in plan_shards(listing.splits.get(s, []), s, data.samples_per_shard)]
     ctx = ray.data.DataContext.get_current()
     reservation = ctx.op_resource_reservation_enabled
     # One operator only: Ray Data's per-operator reservation would hold it to one task at a time
@@ -123,8 +137,7 @@ def shard_dataset(settings: Settings) -> dict:
     try:
         results = (
             ray.data.from_items(tasks, override_num_blocks=len(tasks))
-            .map(write_shard, fn_kwargs={"root": data.root, "out": out, "image_size": data.image_size,
-                                         "min_source_size": data.min_source_size})
+            .map(write_shard, fn_kwargs={"data": data.model_dump(), "out": out})
             .take_all()
         )
     finally:
@@ -133,16 +146,15 @@ def shard_dataset(settings: Settings) -> dict:
     manifest = {
         "dataset": data.name,
         "modality": data.modality,
-        "classes": classes,
-        "image_size": data.image_size,
-        "field": modality.SHARD_FIELD,
+        **listing.manifest,
+        "cond": {k: v.to_json() for k, v in listing.cond.items()},
         "splits": {
             s: {"samples": sum(r["samples"] for r in results if r["split"] == s),
                 "shards": [{k: r[k] for k in ("path", "samples", "sha256")} for r in results if r["split"] == s]}
             for s in SPLITS
         },
         "skipped": [item for r in results for item in json.loads(r["skipped"])],
-        "inputs": sum(len(v) for v in splits.values()),
+        "inputs": sum(len(v) for v in listing.splits.values()),
     }
     fsx.write_atomic(fs, f"{base}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
     seconds = time.perf_counter() - start

@@ -1,8 +1,10 @@
-"""Raw dataset layouts: which files are the inputs of each split, and their labels.
+"""Raw dataset layouts shared by modalities: which files are the inputs of each split, and their
+class labels.
 
-ImageNet's layout: `<root>/train/<class>/*` and either `<root>/val/<class>/*` or the official
-flat `<root>/val/*` labelled by `LOC_val_solution.csv` (in the root or its parent). With no
-`val/` at all, a seeded `val_fraction` of each class of train is held out.
+The class-folder layout (ImageNet's, UCF-101's): `<root>/train/<class>/*` and either
+`<root>/val/<class>/*` or ImageNet's official flat `<root>/val/*` labelled by
+`LOC_val_solution.csv` (in the root or its parent). With no `val/` at all, a seeded
+`val_fraction` of each class of train is held out.
 """
 from __future__ import annotations
 
@@ -10,21 +12,20 @@ import csv
 import io
 import random
 import re
-from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
 from pipeline.data.fs import filesystem
 from pipeline.errors import UserError
+from pipeline.modalities import RawItem
 
 VAL_CSV = "LOC_val_solution.csv"
+NO_CLASS = "no class label (not a train class, or not in the labels file)"
 
 
-@dataclass(frozen=True)
-class RawFile:
-    path: str  # as the filesystem names it
-    label: int  # -1: not a known class (skipped, with that reason)
-    key: str  # webdataset __key__: unique, no dots
+def _item(path: str, label: int, class_name: str, cond_key: str) -> RawItem:
+    return RawItem(key=_key(class_name, path), path=path, cond={cond_key: label},
+                   skip=None if label >= 0 else NO_CLASS)
 
 
 def _key(class_name: str, path: str) -> str:
@@ -69,11 +70,11 @@ def _read_val_csv(fs, root: str) -> dict[str, str]:
                     return {r["ImageId"]: r["PredictionString"].split()[0] for r in rows}
                 except (KeyError, IndexError):
                     raise UserError(f"{path}: expected columns ImageId,PredictionString") from None
-    raise UserError(f"{root}/val holds images but no class folders, and no {VAL_CSV} labels them")
+    raise UserError(f"{root}/val holds inputs but no class folders, and no {VAL_CSV} labels them")
 
 
 def check_root(root: str) -> None:
-    """Fail fast, before any cluster work, on a root that is not an ImageNet-layout folder."""
+    """Fail fast, before any cluster work, on a root that is not a class-folder layout."""
     fs, base = filesystem(root)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise UserError(f"data.root does not exist or is not a folder: {root}")
@@ -81,8 +82,8 @@ def check_root(root: str) -> None:
         raise UserError(f"data.root has no train/ folder (expected <root>/train/<class>/*): {root}")
 
 
-def list_imagenet_layout(root: str, val_fraction: float, seed: int, is_candidate):
-    """-> (classes, {"train": [RawFile], "val": [RawFile]})."""
+def list_class_layout(root: str, val_fraction: float, seed: int, is_candidate, cond_key: str = "labels"):
+    """-> (classes, {"train": [RawItem], "val": [RawItem]}), each item's class id under `cond_key`."""
     check_root(root)
     fs, base = filesystem(root)
     _, train_dirs = _list_dir(fs, f"{base}/train", is_candidate)
@@ -96,7 +97,7 @@ def list_imagenet_layout(root: str, val_fraction: float, seed: int, is_candidate
     jobs += [("val", d.rsplit("/", 1)[-1], d) for d in val_dirs]
     listed = _list_class_dirs(fs, jobs, is_candidate)
 
-    splits: dict[str, list[RawFile]] = {"train": [], "val": []}
+    splits: dict[str, list[RawItem]] = {"train": [], "val": []}
     rng = random.Random(seed)
     have_val = bool(val_files or val_dirs)
     for c in classes:
@@ -105,17 +106,17 @@ def list_imagenet_layout(root: str, val_fraction: float, seed: int, is_candidate
             files = files[:]
             rng.shuffle(files)
             n_val = round(len(files) * val_fraction) if len(files) > 1 else 0
-            splits["val"] += [RawFile(p, index[c], _key(c, p)) for p in sorted(files[:n_val])]
+            splits["val"] += [_item(p, index[c], c, cond_key) for p in sorted(files[:n_val])]
             files = sorted(files[n_val:])
-        splits["train"] += [RawFile(p, index[c], _key(c, p)) for p in files]
+        splits["train"] += [_item(p, index[c], c, cond_key) for p in files]
     for d in val_dirs:
         c = d.rsplit("/", 1)[-1]
-        splits["val"] += [RawFile(p, index.get(c, -1), _key(c, p)) for p in listed[("val", c)]]
+        splits["val"] += [_item(p, index.get(c, -1), c, cond_key) for p in listed[("val", c)]]
     if val_files:
         labels = _read_val_csv(fs, base)
         for p in val_files:
             c = labels.get(p.rsplit("/", 1)[-1].rsplit(".", 1)[0], "")
-            splits["val"].append(RawFile(p, index.get(c, -1), _key(c or "unlabelled", p)))
+            splits["val"].append(_item(p, index.get(c, -1), c or "unlabelled", cond_key))
     if not any(splits.values()):
-        raise UserError(f"data.root holds no image files: {root}")
+        raise UserError(f"data.root holds no input files of this modality: {root}")
     return classes, splits

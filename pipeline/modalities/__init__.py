@@ -1,0 +1,239 @@
+"""The modality seam: every question the shared stages ask about one kind of data.
+
+Images, speech and video differ in a few places only: where the raw inputs are, how one becomes a
+sample, how a sample is stored in a tar and read back, how samples make a batch, which models
+fit them, how validation is scored and how results are written. Each kind of data answers these
+in one `Modality` object; `data.modality` in the config selects it through `get(name)`. The
+shard, training, codes and sampling code asks the modality and never branches on its name.
+
+    modality = get(settings.data.modality)        # "image", or "package.module:ATTRIBUTE"
+    listing = modality.find(settings.data)        # splits of RawItems, conditioning, manifest fields
+    members = modality.to_members(modality.preprocess(raw_bytes, item, settings.data))
+    item = modality.from_members(members)         # Item(x, cond) as the model sees it
+    batch = modality.collate([item, ...])         # Batch(x, cond, mask)
+    model = modality.build_autoencoder(settings.stage1, settings.data)
+
+A modality outside this package (a plugin, or one a test defines) is named by its import path,
+`data.modality: mypackage.speech:MODALITY`; importing it registers it. Training and codes run in
+Ray workers, which must be able to import it too (install it, or put it on PYTHONPATH).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+# ---- what stages exchange ------------------------------------------------------------------------
+
+
+class SkipSample(Exception):
+    """A raw input that cannot become a sample; the message is the reason recorded in the manifest."""
+
+
+@dataclass(frozen=True)
+class CondSpec:
+    """One conditioning input of the models: `kind` "class" (one id per sample: an ImageNet
+    class, a VCTK speaker) or "sequence" (one id per step: an action per video frame), with
+    `size` ids (0 .. size-1) and optional names."""
+    kind: str
+    size: int
+    names: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "size": self.size, "names": list(self.names)}
+
+    @classmethod
+    def from_json(cls, value: dict) -> "CondSpec":
+        return cls(value["kind"], int(value["size"]), tuple(value.get("names", ())))
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """One raw input of a split: where it is, its conditioning ids, its sample key (unique, no
+    dots), and a reason when it is known up front that it cannot be used."""
+    key: str
+    path: str
+    cond: dict[str, Any] = field(default_factory=dict)
+    skip: str | None = None
+
+
+@dataclass
+class Listing:
+    """What `find` returns: the raw inputs of each split, the conditioning they carry, and the
+    modality's own fields for the shard manifest (class names, image size, speaker table, ...)."""
+    splits: dict[str, list[RawItem]]
+    cond: dict[str, CondSpec]
+    manifest: dict = field(default_factory=dict)
+
+
+@dataclass
+class Item:
+    """One sample as the model sees it: x (C, *spatial) float, its conditioning ids."""
+    x: Tensor
+    cond: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+
+@dataclass
+class Batch:
+    """x (B, C, *spatial); cond: name -> (B,) or (B, T) int64; mask (B, *spatial) bool where
+    lengths vary (True on real positions), else None."""
+    x: Tensor
+    cond: dict[str, Tensor] = field(default_factory=dict)
+    mask: Tensor | None = None
+    keys: list[str] = field(default_factory=list)
+
+    def to(self, device) -> "Batch":
+        return Batch(self.x.to(device, non_blocking=True), {k: v.to(device) for k, v in self.cond.items()},
+                     None if self.mask is None else self.mask.to(device), self.keys)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+class DataSection(BaseModel):
+    """The `data:` fields every modality has; a modality subclasses it with its own."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # "{workdir}" in root is replaced by the workdir, so a demo's data can live beside its outputs.
+    root: str
+    modality: str = "image"
+    make_demo: bool = False  # jobs/pipeline.py builds the modality's demo data at `root` when missing
+    val_fraction: float = Field(0.05, gt=0, lt=1)  # held out per class when the layout has no val split
+    samples_per_shard: int = Field(1000, ge=1)
+    seed: int = 0
+
+
+# ---- the interface -------------------------------------------------------------------------------
+
+
+class Modality:
+    """One kind of data. Subclasses set `name` and `DataConfig` and implement the methods that
+    raise NotImplementedError; the others have defaults that fit fixed-size samples."""
+
+    name: ClassVar[str]
+    DataConfig: ClassVar[type[DataSection]] = DataSection
+    # The metric stage 1 registers models on and Ray Tune searches on (lower is better), and the
+    # run metrics `jobs/models.py` shows beside it.
+    selection_metric: ClassVar[str] = "val_loss"
+    key_metrics: ClassVar[tuple[str, ...]] = ()
+    # Model classes beyond the shared ones (pipeline.models.MODEL_CLASSES) that this modality's
+    # registered models may be; loading builds only classes named here.
+    model_classes: ClassVar[dict[str, type[torch.nn.Module]]] = {}
+
+    # shard ------------------------------------------------------------------
+    def find(self, data: DataSection) -> Listing:
+        """The raw inputs in `data.root`'s layout. Raises UserError for a root that is not one."""
+        raise NotImplementedError
+
+    def preprocess(self, raw: bytes, item: RawItem, data: DataSection) -> Any:
+        """A raw file's bytes -> the example to store; raises SkipSample(reason)."""
+        raise NotImplementedError
+
+    def to_members(self, example: Any) -> dict[str, bytes]:
+        """The whole tar schema of one sample: extension -> bytes (conditioning included)."""
+        raise NotImplementedError
+
+    # read -------------------------------------------------------------------
+    def from_members(self, members: dict[str, bytes]) -> Item:
+        """A sample's tar members -> Item; raises on a corrupt sample (the readers skip and count it)."""
+        raise NotImplementedError
+
+    def collate(self, items: list[Item]) -> Batch:
+        """Items of one shape stacked; modalities whose lengths vary pad and return a mask."""
+        x = torch.stack([it.x for it in items])
+        cond = {k: torch.as_tensor([it.cond[k] for it in items], dtype=torch.long) for k in items[0].cond}
+        return Batch(x, cond, None, [it.key for it in items])
+
+    def sample_shape(self, data: DataSection) -> tuple[int, ...] | None:
+        """The spatial shape of every sample, when it is fixed (checked against the model's
+        downsampling before training starts); None when lengths vary."""
+        return None
+
+    # models -----------------------------------------------------------------
+    def build_autoencoder(self, stage1, data: DataSection) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    # scoring and writing ----------------------------------------------------------
+    def val_sums(self, batch: Batch, recon: Tensor) -> dict[str, float]:
+        """Additive sums of one validation batch (summed over batches and ranks)."""
+        raise NotImplementedError
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Validation metrics from the summed `val_sums` (plus "samples"). Must include
+        `selection_metric` and `val_recon_bits_per_dim`, the decoder's NLL in bits per input
+        dimension, which stage 2 adds to the prior's bits to give the model's bits per dim."""
+        raise NotImplementedError
+
+    def write(self, groups: list[list[Tensor]], path_stem: str) -> list[str]:
+        """Groups of model-space samples (each (C, *spatial), lengths may differ) -> files a person
+        opens at `path_stem` + an extension: originals above their reconstructions, or one group
+        per class. Written atomically; returns the paths, the main one first."""
+        raise NotImplementedError
+
+    def make_demo(self, data: DataSection) -> dict:
+        """Small real demo data at `data.root`, made offline (jobs/pipeline.py, `data.make_demo`);
+        returns {"out": root, "created": bool, ...counts}."""
+        raise NotImplementedError(f"modality {self.name!r} has no demo data")
+
+
+# ---- the registry --------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Modality] = {}
+_BUILTIN = {"image": "pipeline.modalities.image"}
+
+
+def register(modality: Modality) -> Modality:
+    _REGISTRY[modality.name] = modality
+    return modality
+
+
+def get(name: str) -> Modality:
+    """The modality called `name`: a built-in one, or `package.module:ATTRIBUTE` (imported and
+    registered under that whole name). Raises ValueError for an unknown one."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+        return _REGISTRY[name]
+    module_name, sep, attribute = name.partition(":")
+    if not sep:
+        raise ValueError(f"unknown modality {name!r}: one of {sorted(names())}, or package.module:ATTRIBUTE")
+    try:
+        modality = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"modality {name!r} cannot be imported: {e}") from None
+    if not isinstance(modality, Modality):
+        raise ValueError(f"modality {name!r} is a {type(modality).__name__}, not a Modality")
+    _REGISTRY[name] = modality
+    return modality
+
+
+def names() -> list[str]:
+    """Every modality that `get` knows without an import path."""
+    return sorted({*_BUILTIN, *_REGISTRY})
+
+
+def registered() -> list[Modality]:
+    """Every modality, the built-in ones imported."""
+    return [get(n) for n in names()]
+
+
+def model_classes() -> dict[str, type[torch.nn.Module]]:
+    """The model classes a registered model may be: the shared ones and every loaded modality's."""
+    from pipeline.models import MODEL_CLASSES
+
+    classes = dict(MODEL_CLASSES)
+    for name in _BUILTIN:
+        get(name)
+    for modality in _REGISTRY.values():
+        classes.update(modality.model_classes)
+    return classes

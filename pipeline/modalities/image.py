@@ -1,23 +1,37 @@
-"""Images: how raw files are found and decoded, normalised, stored in a shard and read back.
+"""Images: ImageNet-layout folders of photos, stored as PNGs, modelled with the 2-D VQ-VAE and a
+class-conditional Gated PixelCNN prior.
 
-The stored form is a PNG of `image_size` x `image_size` RGB pixels (lossless, so a shard holds
-exactly the pixels training sees). Tensors are float in [-1, 1], channels first.
+    data:
+      modality: image
+      image_size: 128          # shorter side resized, then centre-cropped to a square
+      min_source_size: 32      # smaller files are skipped, with the reason
+
+A sample's tar members: `<key>.png` (image_size x image_size RGB, lossless, so a shard holds
+exactly the pixels training sees) and `<key>.cls` (the class id as text). The model sees float
+tensors in [-0.5, 0.5], channels first, so an MSE there is the MSE of [0, 1] images.
 """
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+from pydantic import Field
+
+from pipeline.models.metrics import gaussian_bits_per_dim, psnr
+from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
+                                 register)
 
 EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-SHARD_FIELD = "png"  # the webdataset extension of the sample's data
-SPATIAL_DIMS = 2
 CHANNELS = 3
+COND = "labels"  # the class id; the prior's and the codes' column name
 
 
-class SkipSample(Exception):
-    """A raw input that cannot become a sample; the message is the reason recorded in the manifest."""
+class ImageData(DataSection):
+    image_size: int = Field(128, ge=8)
+    min_source_size: int = Field(32, ge=1)
 
 
 def is_candidate(name: str) -> bool:
@@ -42,7 +56,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def preprocess(data: bytes, image_size: int, min_source_size: int) -> np.ndarray:
+def preprocess_pixels(data: bytes, image_size: int, min_source_size: int) -> np.ndarray:
     """Raw file bytes -> (image_size, image_size, 3) uint8: shorter side resized, centre-cropped.
 
     Raises SkipSample with a reason for anything that is not a usable image."""
@@ -75,40 +89,118 @@ def preprocess(data: bytes, image_size: int, min_source_size: int) -> np.ndarray
     return np.asarray(img, dtype=np.uint8)
 
 
-def encode(pixels: np.ndarray) -> bytes:
+def encode_png(pixels: np.ndarray) -> bytes:
     """uint8 HxWx3 -> PNG bytes (fast compression: shards are written once, read many times)."""
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
-def decode(data: bytes) -> np.ndarray:
+def decode_png(data: bytes) -> np.ndarray:
     """PNG bytes from a shard -> uint8 HxWx3."""
     with Image.open(io.BytesIO(data)) as img:
         return np.array(img.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy shares it
 
 
-# ---- tensors: what the model sees ---------------------------------------------------------------
-# Pixels are scaled to [-0.5, 0.5]: an MSE there is the MSE of [0, 1] images.
-
-def to_tensor(pixels: np.ndarray):
-    import torch
-
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 HWC -> float (C, H, W) in [-0.5, 0.5]."""
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0).sub_(0.5)
 
 
-def to_pixels(x) -> np.ndarray:
+def to_pixels(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) or (B, C, H, W) model-space tensor -> uint8 HWC / BHWC."""
     x = x.detach().float().cpu().add(0.5).clamp_(0, 1).mul_(255).round_().byte()
     return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x.permute(1, 2, 0)).numpy()
 
 
 def grid(rows: list[np.ndarray], pad: int = 2) -> Image.Image:
-    """Rows of uint8 BHWC images -> one PNG-ready picture (a row per list item)."""
+    """Rows of uint8 BHWC images -> one picture, a row per list item, on white."""
     h, w = rows[0].shape[1:3]
     cols = max(len(r) for r in rows)
     canvas = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
     for i, row in enumerate(rows):
         for j, px in enumerate(row):
-            canvas.paste(Image.fromarray(px), (pad + j * (w + pad), pad + i * (h + pad)))
+            tile = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px)
+            canvas.paste(tile, (pad + j * (w + pad), pad + i * (h + pad)))
     return canvas
+
+
+def write_grid(groups: list[list[torch.Tensor]], path_stem: str) -> list[str]:
+    """Groups of model-space images (C, H, W) -> `<path_stem>.png`, a row per group (written atomically)."""
+    path = f"{path_stem}.png"
+    tmp = f"{path_stem}.tmp.png"
+    grid([to_pixels(torch.stack(list(g))) for g in groups]).save(tmp)
+    os.replace(tmp, path)
+    return [path]
+
+
+def mse_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """val_mse, val_psnr and the paper's bits/dim bound of an MSE decoder on [0, 1] pixels."""
+    mse = sums["sq_err"] / sums["dims"]
+    recon_bits = gaussian_bits_per_dim(mse)
+    return {
+        "val_mse": mse,
+        "val_psnr": psnr(mse),
+        "val_recon_bits_per_dim": recon_bits,
+        # decoder NLL + log2 K per latent (uniform prior, KL = log K), per input dimension
+        "val_bits_per_dim": recon_bits + sums["latent_bits"] / sums["dims"],
+    }
+
+
+class ImageModality(Modality):
+    name = "image"
+    DataConfig = ImageData
+    selection_metric = "val_mse"
+    key_metrics = ("val_psnr", "perplexity", "codebook_usage")
+
+    def find(self, data: ImageData) -> Listing:
+        from pipeline.data.sources import list_class_layout
+
+        classes, splits = list_class_layout(data.root, data.val_fraction, data.seed, is_candidate, COND)
+        return Listing(splits, {COND: CondSpec("class", len(classes), tuple(classes))},
+                       {"classes": classes, "image_size": data.image_size})
+
+    def preprocess(self, raw: bytes, item: RawItem, data: ImageData) -> tuple[np.ndarray, int]:
+        return preprocess_pixels(raw, data.image_size, data.min_source_size), int(item.cond[COND])
+
+    def to_members(self, example: tuple[np.ndarray, int]) -> dict[str, bytes]:
+        pixels, label = example
+        return {"png": encode_png(pixels), "cls": str(label).encode()}
+
+    def from_members(self, members: dict[str, bytes]) -> Item:
+        return Item(to_tensor(decode_png(members["png"])), {COND: int(members["cls"])})
+
+    def sample_shape(self, data: ImageData) -> tuple[int, ...]:
+        return (data.image_size, data.image_size)
+
+    def build_autoencoder(self, stage1, data: ImageData):
+        from pipeline.models.vqvae import VQVAE
+
+        return VQVAE(in_channels=CHANNELS, spatial_dims=2, hidden=stage1.hidden,
+                     num_res_blocks=stage1.num_res_blocks, num_downsamples=stage1.num_downsamples,
+                     codebook_size=stage1.codebook_size, code_dim=stage1.code_dim, beta=stage1.beta,
+                     ema=stage1.ema, decay=stage1.decay, dead_code_steps=stage1.dead_code_steps)
+
+    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec]):
+        from pipeline.models.pixelcnn import GatedPixelCNN
+
+        return GatedPixelCNN(codebook_size=codebook_size, num_classes=cond[COND].size if COND in cond else 0,
+                             cond_key=COND, hidden=stage2.hidden, num_layers=stage2.num_layers,
+                             kernel_size=stage2.kernel_size)
+
+    def val_sums(self, batch: Batch, recon: torch.Tensor) -> dict[str, float]:
+        return {"sq_err": (recon.float() - batch.x).square().sum().item(), "dims": float(batch.x.numel())}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return mse_metrics(sums)
+
+    def write(self, groups: list[list[torch.Tensor]], path_stem: str) -> list[str]:
+        return write_grid(groups, path_stem)
+
+    def make_demo(self, data: ImageData) -> dict:
+        from pipeline.modalities.image_demo import make_demo_data
+
+        return make_demo_data(data.root, seed=data.seed)
+
+
+MODALITY = register(ImageModality())

@@ -3,23 +3,25 @@
 van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders" (arXiv 1606.05328),
 the prior of the VQ-VAE paper (arXiv 1711.00937, section 4.2):
 
-    prior = GatedPixelCNN(num_codes=512, num_classes=10)
-    logits = prior(codes, labels)                  # (B, H, W) int64 -> (B, num_codes, H, W)
-    loss = prior.nll_bits_per_code(codes, labels)  # cross-entropy / ln 2
-    codes = prior.sample(labels, shape=(32, 32))   # ancestral, raster order
+    prior = GatedPixelCNN(codebook_size=512, num_classes=10)   # class ids come as cond["labels"]
+    out = prior(codes, {"labels": labels})       # codes (B, H, W) int64
+    out.logits                                   # (B, codebook_size, H, W)
+    out.loss.backward()                          # NLL in bits per code (cross-entropy / ln 2)
+    codes = prior.sample({"labels": labels}, shape=(32, 32))   # ancestral, raster order
 
 Positions are ordered in raster order (row by row, left to right); the logits at a position depend
-only on the codes strictly before it. The label embedding conditions every layer (paper, eq. 4).
+only on the codes strictly before it. The class embedding conditions every layer (paper, eq. 4).
+The model owns its loss; `mask` (B, H, W) leaves padded positions out of it.
 
-Only the 2-D stacks are here. A 1-D (speech) or 3-D (video) prior subclasses GatedPixelCNN and sets
-`spatial_dims`, `layer_cls` and `pointwise_conv`; embedding, conditioning, head, loss and sampling
-are written for any number of spatial dimensions.
+This is the 2-D prior (code grids of images). The embedding, conditioning, head, loss and sampling
+loop do not depend on the number of dimensions, but the gated layers are 2-D only.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,6 +35,28 @@ def exists(x: Any) -> bool:
 
 def default(x: Any, d: Any) -> Any:
     return x if exists(x) else d
+
+
+@dataclass
+class PriorOutput:
+    logits: torch.Tensor  # (B, codebook_size, *spatial)
+    loss: torch.Tensor  # mean NLL in bits per (unmasked) code position
+
+    def logs(self, model: nn.Module) -> dict[str, float]:
+        return {"nll_bits_per_code": self.loss.item()}
+
+
+def nll_bits(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None = None,
+             reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy in bits per code over the positions where mask is True."""
+    nats = F.cross_entropy(logits.float(), codes, reduction="none")
+    if mask is not None:
+        nats = nats * mask
+        count = mask.sum()
+    else:
+        count = torch.tensor(nats.numel(), device=nats.device)
+    total = nats.sum() / math.log(2)
+    return total if reduction == "sum" else total / count.clamp(min=1)
 
 
 def gate(x: torch.Tensor) -> torch.Tensor:
@@ -91,24 +115,27 @@ class GatedLayer2d(nn.Module):
 
 
 class GatedPixelCNN(nn.Module):
-    """Class-conditional Gated PixelCNN over code grids of shape (B, *spatial)."""
+    """Gated PixelCNN over code grids of shape (B, H, W), conditioned on one class id per sample
+    (`cond[cond_key]`, when num_classes > 0)."""
 
+    role = "prior"  # what tracking.load_prior accepts
     spatial_dims = 2
     layer_cls = GatedLayer2d
     pointwise_conv = nn.Conv2d
 
     def __init__(
         self,
-        num_codes: int = 512,
+        codebook_size: int = 512,
         num_classes: int = 10,
         hidden: int = 64,
         num_layers: int = 8,
         kernel_size: int = 5,
         embed_dim: int | None = None,
+        cond_key: str = "labels",
     ):
         super().__init__()
-        if num_codes < 2:
-            raise ValueError(f"num_codes must be >= 2, got {num_codes}")
+        if codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         if hidden < 1 or num_layers < 1:
@@ -118,18 +145,20 @@ class GatedPixelCNN(nn.Module):
         if exists(embed_dim) and embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1 or None, got {embed_dim}")
         self._config = dict(
-            num_codes=num_codes,
+            codebook_size=codebook_size,
             num_classes=num_classes,
             hidden=hidden,
             num_layers=num_layers,
             kernel_size=kernel_size,
             embed_dim=embed_dim,
+            cond_key=cond_key,
         )
-        self.num_codes = num_codes
+        self.codebook_size = codebook_size
         self.num_classes = num_classes
+        self.cond_key = cond_key
         embed_dim = default(embed_dim, hidden)
 
-        self.code_embedding = nn.Embedding(num_codes, embed_dim)
+        self.code_embedding = nn.Embedding(codebook_size, embed_dim)
         self.class_embedding = None
         self.class_projections = None
         if num_classes > 0:
@@ -146,7 +175,7 @@ class GatedPixelCNN(nn.Module):
             nn.ReLU(),
             self.pointwise_conv(hidden, hidden, 1),
             nn.ReLU(),
-            self.pointwise_conv(hidden, num_codes, 1),
+            self.pointwise_conv(hidden, codebook_size, 1),
         )
 
     @property
@@ -156,6 +185,9 @@ class GatedPixelCNN(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "GatedPixelCNN":
+        config = dict(config)
+        if "num_codes" in config:  # the name in models registered before 2026-11-26
+            config["codebook_size"] = config.pop("num_codes")
         return cls(**config)
 
     @property
@@ -170,11 +202,17 @@ class GatedPixelCNN(nn.Module):
             )
         return self.code_embedding(codes).movedim(-1, 1).contiguous()  # channels-last grads upset DDP buckets
 
-    def forward_embedded(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def _labels(self, cond: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
+        if not self.conditional or not cond:
+            return None
+        return cond.get(self.cond_key)
+
+    def forward_embedded(self, x: torch.Tensor, cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits from already embedded codes (B, embed_dim, *spatial); a leaf x lets tests read
         the receptive field from gradients."""
         class_vec = None
-        if self.conditional and exists(labels):
+        labels = self._labels(cond)
+        if exists(labels):
             class_vec = self.class_embedding(labels.to(x.device))
         v = h = x
         for i, layer in enumerate(self.layers):
@@ -184,19 +222,20 @@ class GatedPixelCNN(nn.Module):
             v, h = layer(v, h, cond)
         return self.head(h)
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """codes (B, *spatial) int64, labels (B,) int64 or None -> logits (B, num_codes, *spatial).
-        Labels are ignored by an unconditional model (num_classes=0)."""
-        return self.forward_embedded(self.embed(codes), labels)
+    def logits(self, codes: torch.Tensor, cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """codes (B, *spatial) int64 -> logits (B, codebook_size, *spatial). The class ids in
+        cond are ignored by an unconditional model (num_classes=0)."""
+        return self.forward_embedded(self.embed(codes), cond)
 
-    def nll_bits_per_code(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean negative log-likelihood in bits per code position (cross-entropy / ln 2)."""
-        return F.cross_entropy(self(codes, labels), codes) / math.log(2)
+    def forward(self, codes: torch.Tensor, cond: dict[str, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> PriorOutput:
+        logits = self.logits(codes, cond)
+        return PriorOutput(logits, nll_bits(logits, codes, mask))
 
     @torch.no_grad()
     def sample(
         self,
-        labels: torch.Tensor | None = None,
+        cond: dict[str, torch.Tensor] | None = None,
         shape: tuple[int, ...] = (8, 8),
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
@@ -204,20 +243,21 @@ class GatedPixelCNN(nn.Module):
     ) -> torch.Tensor:
         """Ancestral sampling in raster order, the whole batch at once: one forward per position.
 
-        labels (B,) int64, or None with num_samples for unconditional samples -> codes (B, *shape)
-        int64. The draw uses the generator's device, so a seeded CPU generator gives the same codes
-        whatever device the model is on.
+        cond {cond_key: (B,) int64}, or None with num_samples for unconditional samples -> codes
+        (B, *shape) int64. The draw uses the generator's device, so a seeded CPU generator gives the
+        same codes whatever device the model is on.
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         shape = tuple(shape)
         if len(shape) != self.spatial_dims:
             raise ValueError(f"shape must have {self.spatial_dims} dims, got {shape}")
+        labels = self._labels(cond)
         if not exists(labels) and not exists(num_samples):
-            raise ValueError("give labels or num_samples")
+            raise ValueError("give class ids in cond or num_samples")
         device = self.code_embedding.weight.device
         batch = labels.shape[0] if exists(labels) else num_samples
-        labels = labels.to(device) if exists(labels) else None
+        cond = {self.cond_key: labels.to(device)} if exists(labels) else None
         codes = torch.zeros(batch, *shape, dtype=torch.long, device=device)
 
         was_training = self.training
@@ -226,7 +266,7 @@ class GatedPixelCNN(nn.Module):
             # Re-running the whole grid each step is O(positions^2) but keeps one code path with
             # forward(); caching per-layer states would be the speed-up if sampling ever dominates.
             for position in itertools.product(*(range(n) for n in shape)):
-                logits = self(codes, labels)[(slice(None), slice(None), *position)]
+                logits = self.logits(codes, cond)[(slice(None), slice(None), *position)]
                 probs = F.softmax(logits.float() / temperature, dim=-1)
                 if exists(generator):
                     probs = probs.to(generator.device)

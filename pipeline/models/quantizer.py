@@ -1,14 +1,15 @@
 """Vector quantizer of the VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937).
 
-    vq = VectorQuantizer(num_codes=512, dim=64, beta=0.25, ema=True)
-    out = vq(z_e)            # z_e: (B, dim, *spatial), 1, 2 or 3 spatial dims
+    vq = VectorQuantizer(codebook_size=512, dim=64, beta=0.25, ema=True)
+    out = vq(z_e, mask)      # z_e: (B, dim, *spatial), 1, 2 or 3 spatial dims; mask (B, *spatial) or None
     out.quantized, out.indices, out.loss, out.perplexity
 
 Gradient variant: the codebook is an nn.Parameter trained by the codebook loss (eq. 3, second
 term). EMA variant (appendix A.1): the codebook is a buffer updated by exponential moving
 averages, and only the commitment loss reaches the encoder. Under DDP the EMA statistics are
 all-reduced and dead-code restarts broadcast from rank 0, so every rank keeps a bitwise
-identical codebook.
+identical codebook. Positions where `mask` is False (the padding of shorter sequences in a batch)
+take no part in the losses, the EMA statistics, usage, perplexity or restarts.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class VQOutput:
     quantized: Tensor  # z_q with the straight-through gradient, shape and dtype of z_e
     indices: Tensor  # (B, *spatial) int64
     loss: Tensor  # codebook_loss + beta * commitment_loss (the VQ terms of eq. 3)
-    commitment_loss: Tensor  # ||z_e - sg[e]||^2, mean over elements
-    codebook_loss: Tensor  # ||sg[z_e] - e||^2, mean over elements; 0 with ema
+    commitment_loss: Tensor  # ||z_e - sg[e]||^2, mean over (unmasked) elements
+    codebook_loss: Tensor  # ||sg[z_e] - e||^2, mean over (unmasked) elements; 0 with ema
     perplexity: Tensor  # exp(entropy) of the batch code histogram
     usage: Tensor  # fraction of the K codes used in the batch
 
@@ -39,7 +40,7 @@ def _distributed() -> bool:
 class VectorQuantizer(nn.Module):
     def __init__(
         self,
-        num_codes: int = 512,
+        codebook_size: int = 512,
         dim: int = 64,
         beta: float = 0.25,
         ema: bool = False,
@@ -49,23 +50,27 @@ class VectorQuantizer(nn.Module):
         usage_window: int = 100,
     ):
         super().__init__()
-        self.num_codes, self.dim, self.beta = num_codes, dim, beta
+        self.codebook_size, self.dim, self.beta = codebook_size, dim, beta
         self.ema, self.decay, self.eps = ema, decay, eps
         self.dead_code_steps, self.usage_window = dead_code_steps, usage_window
 
-        codebook = torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        codebook = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
         if ema:
             self.register_buffer("embedding", codebook)
             # N_i starts at 1 and m_i at e_i, so that e_i = m_i / N_i holds from the first step.
-            self.register_buffer("ema_count", torch.ones(num_codes))
+            self.register_buffer("ema_count", torch.ones(codebook_size))
             self.register_buffer("ema_sum", codebook.clone())
         else:
             self.embedding = nn.Parameter(codebook)
         # Training steps seen, and the step at which each code was last chosen (0: never).
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("last_used", torch.zeros(num_codes, dtype=torch.long))
-        self.register_buffer("last_restart", torch.zeros(num_codes, dtype=torch.long))
-        self.register_buffer("code_counts", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("last_used", torch.zeros(codebook_size, dtype=torch.long))
+        self.register_buffer("last_restart", torch.zeros(codebook_size, dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Models registered before 2026-11-26 carry a `code_counts` buffer that nothing read.
+        state_dict.pop(prefix + "code_counts", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def codebook(self) -> Tensor:
@@ -73,7 +78,7 @@ class VectorQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, ema={self.ema}, "
+            f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}, ema={self.ema}, "
             f"dead_code_steps={self.dead_code_steps}"
         )
 
@@ -101,7 +106,7 @@ class VectorQuantizer(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------
 
-    def forward(self, z_e: Tensor) -> VQOutput:
+    def forward(self, z_e: Tensor, mask: Tensor | None = None) -> VQOutput:
         # Channels last and flattened: the same code for 1-, 2- and 3-D latents.
         z = z_e.movedim(1, -1)
         # Distances, losses and EMA statistics in fp32 even under autocast: bf16 distances pick
@@ -111,21 +116,32 @@ class VectorQuantizer(nn.Module):
             with torch.no_grad():
                 indices = self._nearest_flat(flat)
             z_q = F.embedding(indices, self.embedding.float())
+            valid = None if mask is None else mask.reshape(-1).to(torch.bool)
 
             # Eq. 3: the codebook term moves e towards sg[z_e], the commitment term moves z_e.
             # The commitment term is taken channels-first so z_e's gradient stays contiguous.
             z_q_first = z_q.detach().view(z.shape).movedim(-1, 1).contiguous()
-            commitment_loss = F.mse_loss(z_e.float(), z_q_first)
+            if valid is None:
+                commitment_loss = F.mse_loss(z_e.float(), z_q_first)
+            else:
+                weight = mask.unsqueeze(1).to(torch.float32)  # (B, 1, *spatial)
+                denominator = (weight.sum() * self.dim).clamp(min=1)
+                commitment_loss = ((z_e.float() - z_q_first).square() * weight).sum() / denominator
             if self.ema:
                 codebook_loss = torch.zeros((), device=z_e.device)
                 loss = self.beta * commitment_loss
             else:
-                codebook_loss = F.mse_loss(z_q, flat.detach())
+                if valid is None:
+                    codebook_loss = F.mse_loss(z_q, flat.detach())
+                else:
+                    codebook_loss = (z_q - flat.detach())[valid].square().sum() / denominator
                 loss = codebook_loss + self.beta * commitment_loss
 
-            counts = torch.bincount(indices, minlength=self.num_codes)
+            # Statistics from real positions only: padding would count as uses of its codes.
+            used_flat, used_indices = (flat, indices) if valid is None else (flat[valid], indices[valid])
+            counts = torch.bincount(used_indices, minlength=self.codebook_size)
             if self.training:
-                counts = self._update(flat.detach(), indices, counts)
+                counts = self._update(used_flat.detach(), used_indices, counts)
 
         # Straight-through estimator z_e + sg[z_q - z_e]: forward value z_q, gradient dL/dz_q
         # copied to z_e and none to the codebook. Written as sg[z_q] + (z_e - sg[z_e]) so that
@@ -159,7 +175,7 @@ class VectorQuantizer(nn.Module):
 
         if self.ema:
             # Appendix A.1: n_i = #z assigned to e_i, sum_j z_ij their sum, over all ranks.
-            sums = torch.zeros(self.num_codes, self.dim, device=flat.device)
+            sums = torch.zeros(self.codebook_size, self.dim, device=flat.device)
             sums.index_add_(0, indices, flat)
             if distributed:
                 dist.all_reduce(sums)
@@ -169,12 +185,11 @@ class VectorQuantizer(nn.Module):
             # Laplace smoothing keeps N_i > 0 for unused codes; it is used for the division only,
             # the stored N_i stays the plain moving average (as in Sonnet's VectorQuantizerEMA).
             n = self.ema_count.sum()
-            smoothed = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n
+            smoothed = (self.ema_count + self.eps) / (n + self.codebook_size * self.eps) * n
             self.embedding.copy_(self.ema_sum / smoothed.unsqueeze(1))  # e_i = m_i / N_i
 
         used = counts > 0
         self.last_used[used] = self.step
-        self.code_counts += counts
 
         if self.dead_code_steps > 0:
             self._restart_dead_codes(flat, distributed)
@@ -190,8 +205,10 @@ class VectorQuantizer(nn.Module):
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
-        choice = torch.randint(flat.shape[0], (num_dead,), device=flat.device)
-        vectors = flat[choice].to(self.embedding.dtype)
+        if flat.shape[0]:
+            vectors = flat[torch.randint(flat.shape[0], (num_dead,), device=flat.device)].to(self.embedding.dtype)
+        else:  # every position masked on this rank: keep the vectors (rank 0's still win below)
+            vectors = self.embedding[dead].clone()
         if distributed:
             dist.broadcast(vectors, src=0)
         self.embedding[dead] = vectors
@@ -207,6 +224,3 @@ class VectorQuantizer(nn.Module):
         since = int(self.step) - self.usage_window
         recent = (self.last_used > max(since, 0)) & (self.last_used > 0)
         return recent.float().mean().item()
-
-    def reset_code_counts(self) -> None:
-        self.code_counts.zero_()

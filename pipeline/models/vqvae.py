@@ -1,18 +1,21 @@
 """The VQ-VAE of van den Oord et al. 2017 (arXiv 1711.00937), for 1-, 2- or 3-D data.
 
     model = VQVAE(in_channels=3, spatial_dims=2)       # ImageNet: 128x128 -> 32x32 codes
-    x_recon, vq_out = model(x)
-    loss = F.mse_loss(x_recon, x) + vq_out.loss         # eq. 3 with a Gaussian decoder
+    out = model(x)                                      # x: (B, C, *spatial); optional cond, mask
+    out.loss.backward()                                 # eq. 3: MSE + codebook + beta * commitment
     codes = model.encode(x)                             # (B, *latent_shape) int64
     x_recon = model.decode_indices(codes)
 
 Section 4.2: the encoder is strided 4x4 convs (stride 2) and two residual blocks (ReLU, 3x3 conv,
-ReLU, 1x1 conv) of 256 hidden units; the decoder mirrors it with transposed convs. Speech uses six
-downsamplings, video 3-D convs; only `spatial_dims` and `num_downsamples` change.
+ReLU, 1x1 conv) of 256 hidden units; the decoder mirrors it with transposed convs. The same
+module works on 1-, 2- and 3-D inputs (`spatial_dims`); the model owns its loss, so training
+loops and benchmarks never rebuild eq. 3. Where lengths vary, `mask` (B, *spatial) marks the real
+positions: the reconstruction loss and the quantizer's statistics ignore the rest.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +25,28 @@ from pipeline.models.quantizer import VectorQuantizer, VQOutput
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+
+
+@dataclass
+class VQVAEOutput:
+    recon: Tensor  # the reconstruction, in the input's normalised space
+    loss: Tensor  # recon_loss + vq.loss: what training minimises (eq. 3)
+    recon_loss: Tensor  # MSE over real positions
+    vq: VQOutput
+
+    def logs(self, model: "VQVAE") -> dict[str, float]:
+        """Scalars for the training log (each a device sync: call it on log steps only)."""
+        return {"loss": self.loss.item(), "recon_mse": self.recon_loss.item(), "vq_loss": self.vq.loss.item(),
+                "commitment_loss": self.vq.commitment_loss.item(), "train_perplexity": self.vq.perplexity.item(),
+                "train_usage": self.vq.usage.item(), "window_usage": model.vq.window_usage()}
+
+
+def masked_mse(a: Tensor, b: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean squared error over the positions where mask (B, *spatial) is True, every channel."""
+    if mask is None:
+        return torch.nn.functional.mse_loss(a, b)
+    weight = mask.unsqueeze(1).to(a.dtype)
+    return ((a - b).square() * weight).sum() / (weight.sum() * a.shape[1]).clamp(min=1)
 
 
 class ResidualBlock(nn.Module):
@@ -41,6 +66,8 @@ class ResidualBlock(nn.Module):
 
 
 class VQVAE(nn.Module):
+    role = "autoencoder"  # what tracking.load_vqvae accepts
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -113,15 +140,31 @@ class VQVAE(nn.Module):
             )
         return shape
 
-    def forward(self, x: Tensor) -> tuple[Tensor, VQOutput]:
-        vq_out = self.vq(self.encoder(x))
-        return self.decoder(vq_out.quantized), vq_out
+    @property
+    def input_dims_per_code(self) -> int:
+        """Input dimensions (channels x positions) that one latent code stands for."""
+        return self.config["in_channels"] * 2 ** (self.num_downsamples * self.spatial_dims)
+
+    def latent_mask(self, mask: Tensor | None, latent: tuple[int, ...]) -> Tensor | None:
+        """The input mask at the latents' resolution: a code is real when its first input is."""
+        if mask is None:
+            return None
+        step = 2 ** self.num_downsamples
+        return mask[(slice(None), *(slice(0, n * step, step) for n in latent))]
+
+    def forward(self, x: Tensor, cond: dict[str, Tensor] | None = None, mask: Tensor | None = None) -> VQVAEOutput:
+        """`cond` is accepted for a common signature with conditional decoders and not used."""
+        z_e = self.encoder(x)
+        vq_out = self.vq(z_e, self.latent_mask(mask, tuple(z_e.shape[2:])))
+        recon = self.decoder(vq_out.quantized)
+        recon_loss = masked_mse(recon.float(), x.float(), mask)
+        return VQVAEOutput(recon, recon_loss + vq_out.loss, recon_loss, vq_out)
 
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         """Code indices (B, *latent_shape); never updates the codebook, even in training mode."""
         return self.vq.nearest(self.encoder(x))
 
     @torch.no_grad()
-    def decode_indices(self, indices: Tensor) -> Tensor:
+    def decode_indices(self, indices: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         return self.decoder(self.vq.embed(indices))

@@ -1,7 +1,6 @@
 """What both training stages share at their Ray edges: device, checkpoints, rank-0 MLflow."""
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -60,17 +59,28 @@ def load_checkpoint(device) -> dict | None:
         return torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def all_reduce_sum(values: list[float] | torch.Tensor, device) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         torch.distributed.all_reduce(t)
     return t
 
 
-def gaussian_bits_per_dim(mse01: float, levels: int = 256) -> float:
-    """-log2 p(x|z) per dim of the decoder as a Gaussian with the MSE as variance, discretised to
-    `levels` bins on [0, 1]: 0.5 log2(2 pi e sigma^2) + log2(levels). Valid while sigma >> 1/levels."""
-    return 0.5 * math.log2(2 * math.pi * math.e * max(mse01, 1e-12)) + math.log2(levels)
+def sum_over_ranks(sums: dict[str, float]) -> dict[str, float]:
+    """Add up dicts of sums from every rank; a rank may lack keys (it had no validation shard)."""
+    gathered = [sums]
+    if _distributed():
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, sums)
+    total: dict[str, float] = {}
+    for part in gathered:
+        for k, v in part.items():
+            total[k] = total.get(k, 0.0) + float(v)
+    return total
 
 
 class RankZeroMlflow:

@@ -1,19 +1,40 @@
-"""The driver side both training stages share: a Ray Train run that a re-run resumes.
+"""The driver side both training stages share: a Ray Train run that a re-run resumes, its MLflow
+run, and the registration of the model it made.
 
-A run is named by a hash of what shapes the model. Its folder under `<workdir>/runs/` holds
-Ray's checkpoints, `mlflow.json` (the MLflow run the driver created, so a resumed run logs into
-the same one) and, once finished, `result.json` (so a finished stage is not redone).
+A run is named by a hash of what shapes the model (`run_name`). Its folder under
+`<workdir>/runs/` holds Ray's checkpoints, `mlflow.json` (the MLflow run the driver created, so a
+resumed run logs into the same one) and, once finished, `result.json` (so a finished stage is not
+redone).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
 from typing import Callable
 
+from pydantic import BaseModel
+
 from pipeline.config import Settings, settings_to_params
-from pipeline.runtime import init_ray
+from pipeline.runtime import init_ray, use_gpu
+
+# Keys that do not change what is trained: a change of these still resumes the same run.
+CADENCE = frozenset({"checkpoint_every", "val_every", "log_every", "max_failures", "vqvae"})
+
+
+def shaping(section: BaseModel) -> dict:
+    """A training section's values that shape the model (cadence keys left out)."""
+    return {k: v for k, v in section.model_dump().items() if k not in CADENCE}
+
+
+def run_name(prefix: str, settings: Settings, shaping: dict) -> str:
+    """`<prefix>-<dataset>-<hash>`: the hash of `shaping`, the dataset's name and the number of
+    DDP workers (which changes the batches every step sees)."""
+    key = {**shaping, "dataset": settings.data.name, "num_workers": settings.ray.num_workers}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{prefix}-{settings.data.name}-{digest}"
 
 
 def read_json(path: str) -> dict | None:
@@ -28,14 +49,6 @@ def write_json(path: str, value: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1)
     os.replace(tmp, path)
-
-
-def use_gpu(settings: Settings) -> bool:
-    import ray
-
-    if settings.ray.use_gpu is not None:
-        return settings.ray.use_gpu
-    return ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def finished_result(settings: Settings, name: str) -> dict | None:
@@ -117,4 +130,53 @@ def record_result(settings: Settings, name: str, run_id: str, done: dict) -> dic
 
     MlflowClient(settings.tracking_uri).set_terminated(run_id, status="FINISHED")
     write_json(os.path.join(settings.runs_dir, name, "result.json"), done)
+    return done
+
+
+def train_and_register(settings: Settings, *, stage: str, name: str, registered: str, lineage: dict,
+                       loop: Callable, loop_config: dict, max_failures: int, build: Callable,
+                       metric: str, key_metrics: tuple[str, ...], metadata: dict | None = None,
+                       version_tags: Callable[[dict], dict] | None = None, best: bool = False,
+                       summary: Callable[[dict], str] | None = None) -> dict:
+    """One training stage from the driver: skip when finished, else train (resuming), log the
+    model's files, register a version of `registered` on `metric` (champion when it beats the
+    holder) and record the result. `best`: register the checkpoint whose validation scored best
+    on `metric`, not the last. `version_tags(metrics)`: extra tags of the version. `summary(done)`:
+    the line printed at the end."""
+    from pipeline import tracking
+
+    experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # unreachable: exit 2 now
+    done = finished_result(settings, name)
+    if done is not None:
+        print(f"{stage} {settings.data.name}: already finished ({name}, model {registered} v{done['version']}); "
+              f"nothing to do (--set overwrite=true retrains)")
+        return done
+
+    import mlflow
+    from ray.train import CheckpointConfig
+
+    run_id = mlflow_run(settings, name, experiment_id, lineage, stage)
+    # With `best`, the best validated checkpoint is kept beside the latest (Ray never deletes the
+    # latest), and that one is registered: a prior overfits small code sets.
+    keep = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="min") \
+        if best else None
+    result, seconds = fit(settings, name, run_id, loop, loop_config, max_failures, keep)
+    checkpoint, metrics = result.checkpoint, result.metrics
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if best and scored:
+        checkpoint, metrics = min(scored, key=lambda cm: cm[1][metric])
+    model = build()
+    model.load_state_dict(load_state(checkpoint)["model"])
+    metrics = {k: v for k, v in metrics.items() if k == "step" or k.startswith("val_") or k in key_metrics}
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_model(model, "model", metadata={"stage": stage, **lineage, "run_id": run_id, **(metadata or {})})
+    version, promoted = tracking.register_model(
+        run_id, "model", registered, metric=metric, value=metrics[metric],
+        tags={**{k: str(v) for k, v in lineage.items()}, "ray_run": name, "key_metrics": ",".join(key_metrics),
+              **(version_tags(metrics) if version_tags else {})})
+    done = record_result(settings, name, run_id, {"run_id": run_id, "name": registered, "version": version,
+                                                  "promoted": promoted, "metrics": metrics, "seconds": seconds,
+                                                  **lineage})
+    if summary is not None:
+        print(summary(done), flush=True)
     return done

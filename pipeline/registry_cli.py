@@ -26,8 +26,8 @@ from urllib.parse import urlparse
 from pipeline import tracking
 from pipeline.errors import UserError
 
-# Run metrics shown beside the one a version was registered on (stage 1: val_mse, stage 2:
-# val_nll_bits_per_code; pipeline/train/stage{1,2}.py REPORT_KEYS).
+# Run metrics shown beside the one a version was registered on. Versions name theirs in the tag
+# `key_metrics`; these are for versions registered before that tag existed (2026-11-26).
 KEY_METRICS = {
     "val_mse": ("val_psnr", "perplexity", "codebook_usage"),
     "val_nll_bits_per_code": ("val_bits_per_dim", "uniform_bits_per_code"),
@@ -169,6 +169,8 @@ def _describe(client, mv, aliases: dict[str, list[str]], keys: tuple[str, ...] |
     tags = dict(mv.tags or {})
     registered = _registered_metric(tags)
     step = _registered_step(client, mv.run_id, registered) if mv.run_id else None
+    if keys is None and tags.get("key_metrics"):
+        keys = tuple(tags["key_metrics"].split(","))
     if keys is None:
         keys = tuple(k for m in registered for k in KEY_METRICS.get(m, ()))
     metrics = _metrics_at(client, mv.run_id, step, keys) if step is not None else {}

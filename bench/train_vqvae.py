@@ -1,7 +1,8 @@
-"""Stage 1 throughput: training samples/s of `train_stage1` (Ray Train + MLflow) on the demo data
-beside a plain single-process PyTorch loop with the same model, optimizer, batch, reader and loss.
+"""Stage 1 throughput: training samples/s of `train_vqvae` (Ray Train + MLflow) on the demo data
+beside a plain single-process PyTorch loop with the same model, optimizer, batch, reader and loss
+(the model's own: neither side rebuilds eq. 3).
 
-    python bench/stage1.py [--steps 300] [--workers 1] [--threads 1] [--repeats 2]
+    python bench/train_vqvae.py [--steps 300] [--workers 1] [--threads 1] [--repeats 2]
 
 With --workers 1 both sides do the same single-process compute, so the gap is Ray's and MLflow's
 overhead (target: under 10 %). The plain loop runs in a fresh process each time, twice: with
@@ -16,7 +17,7 @@ a DDP run, compared with the plain loop given the same number of cores.
 
 Ray's samples/s is the stage's own `samples_per_s` metric read back from MLflow (validation and
 checkpoint time excluded, first point dropped as warm-up); the plain loop's excludes its first
-log_every steps the same way. Wall-clock is the whole call: for Ray, train_stage1 (MLflow run,
+log_every steps the same way. Wall-clock is the whole call: for Ray, train_vqvae (MLflow run,
 Ray Train start-up, the checkpoints, the final validation, model logging and registration; the
 ray.init before it is shown apart), for the plain loop model build + every step. The median of
 the log_every-step windows is shown too: it shrugs off bursts of load from other processes. Each
@@ -34,15 +35,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from pipeline.config import Settings, load_settings  # noqa: E402
-from pipeline.data.demo import make_demo_data  # noqa: E402
 from pipeline.data.reader import SkipCounter, shard_urls, train_batches  # noqa: E402
 from pipeline.data.shard import shard_dataset  # noqa: E402
-from pipeline.modalities import image as modality  # noqa: E402
 from pipeline.runtime import keep_freed_memory  # noqa: E402
-from pipeline.train.stage1 import build_model  # noqa: E402
+from pipeline.train.fit_vqvae import build_model  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -60,17 +58,14 @@ def plain_loop(settings: Settings, threads: int, warmup: int, keep_freed: bool =
     torch.manual_seed(s1.seed)
     model = build_model(settings)
     optimizer = torch.optim.Adam(model.parameters(), lr=s1.lr)
-    batches = train_batches(urls, s1.batch_size, s1.seed, 0, modality.SHARD_FIELD,
-                            modality.decode, modality.to_tensor, SkipCounter())
+    batches = train_batches(urls, s1.batch_size, s1.seed, 0, settings.modality, SkipCounter())
     clock = window = start
     rates = []  # samples/s per log_every-step window after warm-up, as the stage logs them
     for step in range(1, s1.steps + 1):
         if step == warmup + 1:
             clock = window = time.perf_counter()
-        x, _ = next(batches)
-        x_recon, vq = model(x)
-        recon_loss = F.mse_loss(x_recon.float(), x)
-        loss = recon_loss + vq.loss.float()
+        batch = next(batches)
+        loss = model(batch.x, batch.cond, batch.mask).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -105,7 +100,7 @@ def plain_in_train_worker(settings: Settings, threads: int, warmup: int) -> tupl
 
     def fn(config):
         sys.path.insert(0, str(Path(config["bench"]).parent))
-        from stage1 import plain_loop as loop  # this file, imported in the worker
+        from train_vqvae import plain_loop as loop  # this file, imported in the worker
 
         out.write_text(json.dumps(loop(Settings.model_validate(config["settings"]), threads, warmup)))
 
@@ -116,13 +111,13 @@ def plain_in_train_worker(settings: Settings, threads: int, warmup: int) -> tupl
 
 
 def ray_run(settings: Settings) -> tuple[float, float, float, float]:
-    """train_stage1 end to end; returns (steady samples/s, median of the windows, wall s, fit s)."""
+    """train_vqvae end to end; returns (steady samples/s, median of the windows, wall s, fit s)."""
     from mlflow import MlflowClient
 
-    from pipeline.stage1 import train_stage1
+    from pipeline.train.fit_vqvae import train_vqvae
 
     start = time.perf_counter()
-    done = train_stage1(settings)
+    done = train_vqvae(settings)
     wall = time.perf_counter() - start
     history = MlflowClient(settings.tracking_uri).get_metric_history(done["run_id"], "samples_per_s")
     rates = [m.value for m in sorted(history, key=lambda m: m.step)][1:]  # first window: warm-up
@@ -150,7 +145,7 @@ def main() -> None:
             f"stage1.checkpoint_every={max(1, a.steps // 2)}", f"ray.cpus_per_worker={a.threads}"]
     settings = load_settings(CONFIG, base + ["ray.num_workers=1"])
 
-    make_demo_data(settings.data.root)
+    settings.modality.make_demo(settings.data)
     shard_settings = settings.model_copy(update={"overwrite": False})
     shard_dataset(shard_settings)  # "already finished" when the workdir has them
     ray.shutdown()  # the plain loop runs with no Ray processes about

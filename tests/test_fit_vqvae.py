@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -16,9 +17,9 @@ from mlflow import MlflowClient
 from conftest import TINY_STAGE1, run_job, workdir_with_shards, write_config
 from pipeline.config import load_settings
 from pipeline.data.reader import SkipCounter, eval_batches, shard_urls
-from pipeline.modalities import image as modality
-from pipeline.stage1 import run_name, train_stage1
-from pipeline.train.stage1 import build_model
+from pipeline.train.fit_vqvae import build_model, run_name, train_vqvae
+
+pytestmark = pytest.mark.slow  # every test here trains on Ray or runs a job
 
 
 def stage1_settings(tmp_path, demo_raw, demo_shards, **stage1):
@@ -36,7 +37,7 @@ def test_trains_logs_registers_and_reloads(tmp_path, ray_local, demo_raw, demo_s
     from pipeline import tracking
 
     settings = stage1_settings(tmp_path, demo_raw, demo_shards)
-    done = train_stage1(settings)
+    done = train_vqvae(settings)
     client = MlflowClient(settings.tracking_uri)
     run = client.get_run(done["run_id"])
     assert run.info.status == "FINISHED"
@@ -45,8 +46,14 @@ def test_trains_logs_registers_and_reloads(tmp_path, ray_local, demo_raw, demo_s
     recon = history(client, done["run_id"], "recon_mse")
     assert recon[-1][0] == 60
     assert recon[-1][1] < 0.6 * recon[0][1], recon  # it learns
-    for key in ("val_mse", "val_psnr", "val_bits_per_dim", "perplexity", "codebook_usage"):
+    for key in ("val_mse", "val_psnr", "val_bits_per_dim", "val_recon_bits_per_dim", "perplexity", "codebook_usage"):
         assert [s for s, _ in history(client, done["run_id"], key)] == [30, 60], key
+    # the metrics are the formulas of pipeline/models/metrics.py over the val MSE and the codes
+    val = {k: history(client, done["run_id"], k)[-1][1] for k in ("val_mse", "val_psnr", "val_bits_per_dim")}
+    assert val["val_psnr"] == pytest.approx(10 * math.log10(1 / val["val_mse"]), rel=1e-6)
+    latent_bits = 16 * math.log2(32) / (16 * 16 * 3)  # 4x4 codes of 5 bits for 16x16x3 pixels
+    gaussian = 0.5 * math.log2(2 * math.pi * math.e * val["val_mse"]) + 8
+    assert val["val_bits_per_dim"] == pytest.approx(gaussian + latent_bits, rel=1e-6)
     artifacts = {a.path for a in client.list_artifacts(done["run_id"])}
     assert {"reconstructions", "codebook_usage.png", "model"} <= artifacts
     assert {Path(a.path).name for a in client.list_artifacts(done["run_id"], "model")} >= \
@@ -65,13 +72,16 @@ def test_trains_logs_registers_and_reloads(tmp_path, ray_local, demo_raw, demo_s
     trained.load_state_dict(state["model"])
     trained.eval()
     _, urls = shard_urls(settings.shards_dir, "val")
-    x, _ = next(eval_batches(urls, 16, 0, 1, "png", modality.decode, modality.to_tensor, SkipCounter()))
+    batch = next(eval_batches(urls, 16, 0, 1, settings.modality, SkipCounter()))
     with torch.no_grad():
-        assert torch.equal(loaded(x)[0], trained(x)[0])
+        assert torch.equal(loaded(batch.x).recon, trained(batch.x).recon)
+    # the version tells stage 2 the decoder's bits per dim
+    assert float(info["tags"]["decoder_bits_per_dim"]) == pytest.approx(done["metrics"]["val_recon_bits_per_dim"])
+    assert info["tags"]["key_metrics"] == "val_psnr,perplexity,codebook_usage"
 
     # a re-run with the same config does nothing
     capsys.readouterr()
-    assert train_stage1(settings) == done
+    assert train_vqvae(settings) == done
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -103,7 +113,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, ray_local, demo_ra
     killer = threading.Thread(target=_kill_a_worker_after_a_checkpoint,
                               args=(Path(settings.runs_dir) / run_name(settings), killed))
     killer.start()
-    done = train_stage1(settings)
+    done = train_vqvae(settings)
     killer.join()
     assert killed, "no worker was killed"
     client = MlflowClient(settings.tracking_uri)

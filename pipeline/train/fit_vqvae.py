@@ -1,0 +1,178 @@
+"""Stage 1: train the VQ-VAE on the shards with Ray Train (DDP), log it in MLflow, register it.
+
+    python jobs/stage1.py --config configs/demo.yaml [--set stage1.steps=300]
+
+The modality builds the model (`build_autoencoder`), reads and batches the shards
+(`from_members`, `collate`) and scores validation (`val_sums`, `metrics`); codebook usage and
+perplexity are the same for every modality. A Ray Train run is named by a hash of what shapes the
+model, so re-running the same config resumes from its last checkpoint (or does nothing when it
+had finished), and a worker dying is survived with FailureConfig(max_failures). The driver owns
+the MLflow run: it checks the server before any training, creates the run (its id kept beside the
+checkpoints, so a resumed run logs into the same MLflow run), and logs + registers the final
+model as safetensors + JSON, `champion` when its `selection_metric` beats the holder's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+
+import torch
+
+from pipeline.config import Settings
+from pipeline.data.reader import SkipCounter, eval_batches, shard_urls, train_batches
+from pipeline.models.metrics import perplexity
+from pipeline.train.common import RankZeroMlflow, all_reduce_sum, sum_over_ranks
+from pipeline.train.driver import run_name as _run_name
+from pipeline.train.driver import shaping, train_and_register
+from pipeline.train.loop import Task, train_loop
+
+SHOWN = 8  # validation samples shown beside their reconstructions
+
+
+def build_model(settings: Settings) -> torch.nn.Module:
+    return settings.modality.build_autoencoder(settings.stage1, settings.data)
+
+
+def run_name(settings: Settings) -> str:
+    data = settings.data.model_dump(exclude={"name", "root", "make_demo", "samples_per_shard"})
+    return _run_name("stage1", settings, {**shaping(settings.stage1), "data": data})
+
+
+def shard_lineage(settings: Settings) -> dict:
+    manifest, _ = shard_urls(settings.shards_dir, "train")
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return {"shards": settings.shards_dir, "shards_manifest_sha256": digest, "dataset": settings.data.name,
+            "modality": settings.data.modality}
+
+
+def _crop(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One sample (C, *spatial) without the padding its mask (*spatial) marks."""
+    if mask is None:
+        return x
+    extent = [int(idx.max()) + 1 if idx.numel() else 0 for idx in mask.nonzero(as_tuple=True)]
+    return x[(slice(None), *(slice(0, n) for n in extent))]
+
+
+class VQVAETask(Task):
+    ddp_kwargs = {"broadcast_buffers": False}  # the quantizer keeps its buffers identical itself
+
+    def __init__(self, settings: Settings, rank: int, world: int, device: torch.device):
+        self.settings, self.rank, self.world, self.device = settings, rank, world, device
+        self.section = settings.stage1
+        self.modality = settings.modality
+        _, self.train_urls = shard_urls(settings.shards_dir, "train")
+        _, self.val_urls = shard_urls(settings.shards_dir, "val")
+        self.skips = SkipCounter()
+
+    def build(self):
+        return build_model(self.settings)
+
+    def batches(self, start: int):
+        s = self.section
+        return train_batches(self.train_urls, s.batch_size, s.seed + start, self.rank, self.modality, self.skips)
+
+    def train_logs(self) -> dict:
+        return {"skipped_samples": self.skips.count}
+
+    @torch.no_grad()
+    def validate(self, model, step: int, final: bool, mlf: RankZeroMlflow) -> dict:
+        """The modality's metrics over the whole val split (shards divided between ranks, sums
+        added over ranks), codebook usage and perplexity over every real latent position."""
+        model.eval()
+        k = model.vq.codebook_size
+        sums: dict[str, float] = {}
+        hist = torch.zeros(k, device=self.device, dtype=torch.float64)
+        shown: dict = {}  # one (original, reconstruction) per class when there are classes
+        for batch in eval_batches(self.val_urls, self.section.batch_size, self.rank, self.world, self.modality,
+                                  SkipCounter()):
+            batch = batch.to(self.device)
+            out = model(batch.x, batch.cond, batch.mask)
+            for name, value in self.modality.val_sums(batch, out.recon).items():
+                sums[name] = sums.get(name, 0.0) + value
+            sums["samples"] = sums.get("samples", 0.0) + len(batch)
+            indices = out.vq.indices
+            latent_mask = model.latent_mask(batch.mask, tuple(indices.shape[1:]))
+            used = indices.flatten() if latent_mask is None else indices[latent_mask]
+            hist += torch.bincount(used, minlength=k).double()
+            self._pick(shown, batch, out.recon)
+        sums = sum_over_ranks(sums)
+        hist = all_reduce_sum(hist, self.device)
+        model.train()
+        sums["latent_bits"] = hist.sum().item() * math.log2(k)  # the uniform prior's bits (KL = log K)
+        metrics = {**self.modality.metrics(sums), "perplexity": perplexity(hist.cpu()),
+                   "codebook_usage": (hist > 0).double().mean().item()}
+        self._log_pictures(mlf, step, shown, hist.cpu(), final)
+        return metrics
+
+    def _pick(self, shown: dict, batch, recon) -> None:
+        """Up to SHOWN samples to show: one per class of the first class-like conditioning."""
+        labels = next((v for v in batch.cond.values() if v.dim() == 1), None)
+        for i in range(len(batch)):
+            if len(shown) >= SHOWN:
+                return
+            which = int(labels[i]) if labels is not None else len(shown)
+            if which not in shown:
+                m = None if batch.mask is None else batch.mask[i]
+                shown[which] = (_crop(batch.x[i], m).cpu(), _crop(recon[i].float(), m).cpu())
+
+    def _log_pictures(self, mlf: RankZeroMlflow, step: int, shown: dict, hist, final: bool) -> None:
+        if mlf.client is None or not shown:
+            return
+        folder = tempfile.mkdtemp(prefix="stage1-art-")
+        pairs = [shown[c] for c in sorted(shown)]
+        # first group: originals; second: their reconstructions
+        for path in self.modality.write([[a for a, _ in pairs], [b for _, b in pairs]],
+                                        os.path.join(folder, f"step_{step:07d}")):
+            mlf.artifact(path, "reconstructions")
+        if final:
+            _log_usage(mlf, folder, hist)
+
+
+def _log_usage(mlf: RankZeroMlflow, folder: str, hist) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = hist.numpy()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar(range(len(counts)), sorted(counts, reverse=True), width=1.0)
+    ax.set(xlabel="code (sorted by use)", ylabel="val latents", title="codebook usage")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "codebook_usage.png"), dpi=80)
+    plt.close(fig)
+    with open(os.path.join(folder, "codebook_counts.json"), "w") as f:
+        json.dump([int(c) for c in counts], f)
+    mlf.artifact(os.path.join(folder, "codebook_usage.png"))
+    mlf.artifact(os.path.join(folder, "codebook_counts.json"))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    train_loop(config, lambda settings, config, rank, world, device: VQVAETask(settings, rank, world, device))
+
+
+def version_tags(metrics: dict) -> dict:
+    """What stage 2 needs from a VQ-VAE version: the decoder's bits per input dimension."""
+    bits = metrics.get("val_recon_bits_per_dim")
+    return {} if bits is None else {"decoder_bits_per_dim": repr(float(bits))}
+
+
+def train_vqvae(settings: Settings) -> dict:
+    lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
+    modality = settings.modality
+
+    def summary(done: dict) -> str:
+        m = done["metrics"]
+        shown = ", ".join(f"{k} {m[k]:.4g}" for k in (modality.selection_metric, *modality.key_metrics) if k in m)
+        return (f"stage1 {settings.data.name}: {m['step']} steps in {done['seconds']:.0f} s; {shown}; registered "
+                f"{done['name']} v{done['version']}{' (champion)' if done['promoted'] else ''}; "
+                f"MLflow run {done['run_id']}")
+
+    return train_and_register(
+        settings, stage="stage1", name=run_name(settings), registered=settings.vqvae_name, lineage=lineage,
+        loop=train_loop_per_worker, loop_config={}, max_failures=settings.stage1.max_failures,
+        build=lambda: build_model(settings), metric=modality.selection_metric, key_metrics=modality.key_metrics,
+        version_tags=version_tags, summary=summary)
