@@ -31,8 +31,9 @@ from pipeline import modalities
 from pipeline.config import Settings
 from pipeline.data import codeset
 from pipeline.data.reader import shard_urls
-from pipeline.data.shard import shard_cond
+from pipeline.data.shard import manifest_digest, shard_cond
 from pipeline.errors import UserError
+from pipeline.locks import exclusive
 from pipeline.runtime import init_ray, use_gpu
 
 SPLITS = codeset.SPLITS
@@ -130,13 +131,28 @@ def dump_codes(settings: Settings) -> dict:
     model_uri = settings.codes.model or settings.vqvae_champion
     info = tracking.resolve(model_uri)  # UserError when there is no such model
     pinned = f"models:/{info['name']}/{info['version']}"  # the alias may move while we run
-    out = settings.codes_version_dir(info["version"])
+    out = settings.codes_dir_for(info["version"], info["run_id"])
+    with exclusive(out, f"codes {settings.data.name}"):
+        return _dump(settings, info, model_uri, pinned, out, shards_manifest, urls, experiment_id)
+
+
+def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str, shards_manifest: dict,
+          urls: dict, experiment_id: str) -> dict:
+    from pipeline import tracking
+
+    uri = settings.tracking_uri
+    # What the codes are made from: the exact model (run and weights) and the exact shards.
+    identity = {"vqvae_run_id": info["run_id"], "weights_sha256": tracking.weights_digest(pinned),
+                "shards_manifest_sha256": manifest_digest(shards_manifest)}
     done = codeset.load_manifest(out)
     if done is not None and not settings.overwrite:
-        print(f"codes {settings.data.name}: already dumped for {info['name']} v{info['version']} at {out} "
-              f"({', '.join(f'{s} {n}' for s, n in done['rows'].items())}); nothing to do "
-              f"(--set overwrite=true redoes it)")
-        return done
+        if done.get("identity") == identity:
+            print(f"codes {settings.data.name}: already dumped for {info['name']} v{info['version']} at {out} "
+                  f"({', '.join(f'{s} {n}' for s, n in done['rows'].items())}); nothing to do "
+                  f"(--set overwrite=true redoes it)")
+            return done
+        changed = [k for k in identity if (done.get("identity") or {}).get(k) != identity[k]]
+        print(f"codes {settings.data.name}: {out} was made from another {' and '.join(changed)}; redoing it")
 
     vqvae = tracking.load_vqvae(pinned)  # malformed files: one-line error here, not in every actor
     codebook_size = int(vqvae.config["codebook_size"])
@@ -149,7 +165,7 @@ def dump_codes(settings: Settings) -> dict:
     start = time.perf_counter()
     init_ray(settings)
     gpu = use_gpu(settings)
-    tmp = f"{settings.codes_dir}/.v{info['version']}.tmp"
+    tmp = f"{settings.codes_dir}/.{os.path.basename(out)}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     run_name = f"codes-{settings.data.name}-v{info['version']}"
@@ -172,7 +188,8 @@ def dump_codes(settings: Settings) -> dict:
             shutil.rmtree(out)
         os.replace(tmp, out)
         manifest = {
-            "format": codeset.FORMAT, "dataset": settings.data.name, "modality": settings.data.modality,
+            "format": codeset.FORMAT, "identity": identity, "dataset": settings.data.name,
+            "modality": settings.data.modality,
             "model_uri": model_uri, "vqvae_name": info["name"], "vqvae_version": info["version"],
             "vqvae_run_id": info["run_id"], "codebook_size": codebook_size, "dtype": dtype.name,
             "latent_shape": latent_shape, "input_dims_per_code": vqvae.input_dims_per_code,

@@ -10,16 +10,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline import modalities
 from pipeline.errors import UserError
-
-
-class _Section(BaseModel):
-    # An unknown key is an error, never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from pipeline.sections import Section as _Section
 
 
 class RayConfig(_Section):
@@ -223,9 +218,10 @@ class Settings(_Section):
     def codes_dir(self) -> str:
         return f"{self.workdir}/codes/{self.data.name}"
 
-    def codes_version_dir(self, vqvae_version: str | int) -> str:
-        """The codes of one VQ-VAE version (so the codes of two versions never mix)."""
-        return f"{self.codes_dir}/v{vqvae_version}"
+    def codes_dir_for(self, vqvae_version: str | int, vqvae_run_id: str) -> str:
+        """The codes of one VQ-VAE: named by its version and its run id, so that the codes of two
+        versions never mix and a version number of another MLflow store never finds them."""
+        return f"{self.codes_dir}/v{vqvae_version}-{vqvae_run_id[:12]}"
 
     @property
     def samples_dir(self) -> str:

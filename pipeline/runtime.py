@@ -16,7 +16,11 @@ def init_ray(settings: Settings) -> None:
     if ray.is_initialized():
         return
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    # Workers' and actors' output stays in the session's log files (/tmp/ray/session_*/logs):
+    # streamed here it buries the stages' own lines, and a failure's one-line reason, under
+    # tracebacks and Ray Train's internal lines. An unexpected failure still shows its worker
+    # traceback, in the error Ray raises in this process.
+    kwargs: dict = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
     if address:
         ray.init(address=address, **kwargs)
         print(f"ray: joined the cluster at {address} ({_resources(ray)})", flush=True)

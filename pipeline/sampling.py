@@ -53,8 +53,9 @@ def sample(settings: Settings) -> str:
     prior_uri = f"models:/{prior_info['name']}/{prior_info['version']}"
     vqvae_uri = f"models:/{vqvae_info['name']}/{vqvae_info['version']}"
     meta = tracking.model_metadata(prior_uri)
-    wanted = (meta.get("vqvae_name"), str(meta.get("vqvae_version")))
-    if wanted != (vqvae_info["name"], vqvae_info["version"]):
+    wanted = (meta.get("vqvae_name"), str(meta.get("vqvae_version")), meta.get("vqvae_run_id"))
+    # The run id too: a version number of another MLflow store may name another model.
+    if wanted != (vqvae_info["name"], vqvae_info["version"], vqvae_info["run_id"]):
         raise UserError(f"{prior_uri} was trained on the codes of {wanted[0]} v{wanted[1]}, but the decoder is "
                         f"{vqvae_uri}: train a prior on its codes (jobs/dump_codes.py, jobs/stage2.py) "
                         f"or set sample.prior")

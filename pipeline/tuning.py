@@ -25,6 +25,7 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
+from pipeline.locks import exclusive
 from pipeline.train.driver import run_name, write_json
 
 
@@ -37,14 +38,24 @@ def _metrics(settings: Settings) -> tuple[str, tuple[str, ...]]:
 
 def search_name(settings: Settings) -> str:
     """Named by what the search explores from what base: the same config restores or skips."""
-    data = settings.data.model_dump(exclude={"name", "root", "make_demo", "samples_per_shard"})
+    from pipeline.train.fit_vqvae import shard_lineage
+
+    shards = shard_lineage(settings)["shards_manifest_sha256"]
     return run_name("tune", settings, {"stage1": settings.stage1.model_dump(), "tune": settings.tune.model_dump(),
-                                       "data": data})
+                                       "shards": shards})
 
 
 def trial_settings(settings: Settings, params: dict[str, Any]) -> Settings:
     """One trial's settings: the config, then `tune.overrides`, then the trial's values."""
     return Settings.model_validate(settings.trial_tree(params), context={"trial": True})
+
+
+def _grid(settings: Settings) -> list[dict]:
+    """Every combination of the grid-searched values (samplers left at the base value)."""
+    import itertools
+
+    grid = {k: v for k, v in settings.tune.space.items() if isinstance(v, list)}
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
 
 
 def param_space(settings: Settings) -> dict:
@@ -96,12 +107,20 @@ def run_trial(params: dict, *, base: Settings, search: str, parent_run_id: str, 
 
 def tune_codebook(settings: Settings) -> dict:
     from pipeline import tracking
-    from pipeline.train.driver import finished_result, mlflow_run
-    from pipeline.train.fit_vqvae import shard_lineage
+    from pipeline.train.fit_vqvae import check_input_size, shard_lineage
 
+    for params in _grid(settings):  # every trial's model fits the inputs, before any trial starts
+        check_input_size(trial_settings(settings, params))
     lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # exit 2 if down
     search = search_name(settings)
+    with exclusive(os.path.join(settings.runs_dir, search), f"tune {settings.data.name}"):
+        return _search(settings, search, lineage, experiment_id)
+
+
+def _search(settings: Settings, search: str, lineage: dict, experiment_id: str) -> dict:
+    from pipeline.train.driver import finished_result, mlflow_run
+
     done = finished_result(settings, search)  # overwrite=true forgets it
     if done is not None:
         print(f"tune {settings.data.name}: search {search} already finished (registered "

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Ray workers (of the session's instance and of the jobs the tests start) import the modality that
+# only the tests define (digits_modality.py) from here.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
 # Ray turns token auth on when ~/.ray/auth_token exists; tests start their own instances without one.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -56,6 +59,12 @@ def write_config(path: Path, workdir: Path, root: Path | str, **sections) -> Pat
             tree[section] = values
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+def ray_address(ray) -> dict:
+    """The environment that makes a job join the session's Ray instance, as a job submitted to a
+    cluster joins it, instead of starting (and stopping) an instance of its own."""
+    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
 
 
 def run_job(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -69,8 +69,8 @@ def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
     from pipeline import tracking
 
     settings, manifest = chain["settings"], chain["codes"]
-    folder = settings.codes_version_dir(chain["stage1"]["version"])
-    assert folder.endswith("/codes/t/v1") and os.path.isfile(f"{folder}/manifest.json")
+    folder = settings.codes_dir_for(chain["stage1"]["version"], chain["stage1"]["run_id"])
+    assert folder.endswith(f"/codes/t/v1-{chain['stage1']['run_id'][:12]}") and os.path.isfile(f"{folder}/manifest.json")
     assert manifest["codebook_size"] == 32 and manifest["dtype"] == "uint8" and manifest["latent_shape"] == [4, 4]
     assert manifest["vqvae_name"] == "vqvae-t" and manifest["vqvae_version"] == "1"
     assert manifest["format"] == 2 and manifest["input_dims_per_code"] == 3 * 4 * 4
@@ -104,7 +104,7 @@ def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
 def test_dumping_again_for_the_same_version_does_nothing(chain, capsys):
     from pipeline.codes import dump_codes
 
-    path = f"{chain['settings'].codes_version_dir('1')}/manifest.json"
+    path = f"{chain['settings'].codes_dir_for('1', chain['stage1']['run_id'])}/manifest.json"
     mtime = os.stat(path).st_mtime_ns
     capsys.readouterr()
     assert dump_codes(chain["settings"]) == chain["codes"]
@@ -136,7 +136,7 @@ def test_prior_beats_the_uniform_prior_and_records_its_vqvae(chain):
     info = tracking.resolve("models:/prior-t@champion")
     assert info["version"] == "1" and info["run_id"] == chain["stage2"]["run_id"]
     assert info["tags"]["vqvae_name"] == "vqvae-t" and info["tags"]["vqvae_version"] == "1"
-    assert info["tags"]["codes"].endswith("/codes/t/v1")
+    assert info["tags"]["codes"].endswith(f"/codes/t/v1-{chain['stage1']['run_id'][:12]}")
     meta = tracking.model_metadata("models:/prior-t@champion")
     assert meta["vqvae_version"] == "1" and meta["config"]["num_classes"] == 10
     assert meta["config"]["codebook_size"] == 32 and meta["latent_shape"] == [4, 4]
@@ -230,7 +230,8 @@ def test_a_corrupt_sample_and_a_truncated_shard_are_skipped_and_counted(chain, t
 
     manifest = dump_codes(damaged)  # finishes: nothing is fatal
     assert manifest["skipped"] == {"train": 1, "val": len(lost)}
-    good, folder = settings.codes_version_dir("1"), damaged.codes_version_dir("1")
+    run_id = chain["stage1"]["run_id"]
+    good, folder = settings.codes_dir_for("1", run_id), damaged.codes_dir_for("1", run_id)
     for split, gone in (("train", {spoiled}), ("val", lost)):
         all_codes, all_labels, all_keys = read_codes(good, split)
         codes, labels, keys = read_codes(folder, split)

@@ -121,6 +121,10 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, ray_local, demo_ra
     assert resumed and all(v % 20 == 0 and v >= 20 for _, v in resumed), resumed
     assert done["metrics"]["step"] == 300
     assert history(client, done["run_id"], "recon_mse")[-1][0] == 300
+    # the steps between the checkpoint and the kill are not logged twice by the resumed attempt
+    for key in ("recon_mse", "samples_per_s"):
+        steps = [s for s, _ in history(client, done["run_id"], key)]
+        assert len(steps) == len(set(steps)), (key, sorted(s for s in steps if steps.count(s) > 1))
 
 
 def test_unreachable_tracking_server_exits_2_before_training(tmp_path, demo_raw, demo_shards):

@@ -65,6 +65,8 @@ def built(tmp_path_factory):
         register(exp_id, tiny_vqvae(seed), "vqvae-demo", "val_mse", mse,
                  {30: {"val_mse": mse, "val_psnr": -10 * torch.tensor(mse).log10().item(), "perplexity": 5.0 + seed,
                        "codebook_usage": 0.5 + seed / 8}}, VQVAE_LINEAGE, {"stage": "stage1"})
+    # the prior's lineage names the real run of vqvae-demo v2: sampling checks it
+    PRIOR_LINEAGE["vqvae_run_id"] = tracking.resolve("models:/vqvae-demo/2")["run_id"]
     nll = {10: 2.9, 20: 2.5, 30: 2.7}
     bpd = {10: 0.5, 20: 0.4, 30: 0.45}
     register(exp_id, tiny_prior(3), "prior-demo", "val_nll_bits_per_code", 2.5,

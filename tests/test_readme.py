@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, ray_address
 
 TINY = ["--set", "stage1.steps=40", "--set", "stage1.hidden=32", "--set", "stage1.codebook_size=32",
         "--set", "stage1.code_dim=16", "--set", "stage1.num_res_blocks=1", "--set", "stage1.batch_size=32",
@@ -30,9 +30,11 @@ def test_readme_starts_with_the_two_commands():
 
 
 @pytest.mark.slow
-def test_readme_stage_commands_and_snippet_run(tmp_path):
+def test_readme_stage_commands_and_snippet_run(tmp_path, ray_local):
     work = tmp_path / "demo"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    # the commands join the session's Ray instance, as under `ray job submit`, rather than each
+    # starting one of its own
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db", **ray_address(ray_local)}
     commands = [line.split("#")[0].strip() for line in blocks("bash")[1].strip().splitlines()]
     assert len(commands) == 7
     for command in commands:

@@ -165,4 +165,4 @@ def test_stages_log_to_a_real_mlflow_server(tmp_path, demo_raw, demo_shards):
         on_disk = load_file(str(weights))
         assert set(on_disk) == set(model.state_dict())
         assert all(torch.equal(on_disk[k], v) for k, v in model.state_dict().items())
-        assert list((work / "codes" / "t" / "v1" / "train").glob("*.parquet"))
+        assert list((work / "codes" / "t").glob("v1-*/train/*.parquet"))

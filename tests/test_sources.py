@@ -22,7 +22,7 @@ def test_flat_val_is_labelled_by_the_solution_csv(tmp_path, demo_raw):
         rows.append(f"{image_id},{src.parent.name} 1 2 30 40 {src.parent.name} 5 6 70 80")
     (root / "val" / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"")  # not in the csv
     (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")  # beside the root, as on Kaggle
-    classes, splits = list_class_layout(str(root), 0.1, 0, is_candidate)
+    classes, splits, _ = list_class_layout(str(root), 0.1, 0, is_candidate)
     by_id = {f.path.rsplit("/", 1)[-1].split(".")[0]: f.cond["labels"] for f in splits["val"]}
     expected = {r.split(",")[0]: classes.index(r.split(",")[1].split()[0]) for r in rows[1:]}
     assert {k: v for k, v in by_id.items() if k in expected} == expected
@@ -44,9 +44,9 @@ def test_flat_val_without_csv_is_a_clear_error(tmp_path, demo_raw):
 def test_no_val_holds_out_a_seeded_fraction_of_each_class(tmp_path, demo_raw):
     root = tmp_path / "noval"
     shutil.copytree(demo_raw / "train", root / "train")
-    classes, a = list_class_layout(str(root), 0.25, 7, is_candidate)
-    _, b = list_class_layout(str(root), 0.25, 7, is_candidate)
-    _, c = list_class_layout(str(root), 0.25, 8, is_candidate)
+    classes, a, _ = list_class_layout(str(root), 0.25, 7, is_candidate)
+    _, b, _ = list_class_layout(str(root), 0.25, 7, is_candidate)
+    _, c, _ = list_class_layout(str(root), 0.25, 8, is_candidate)
     assert a == b and a != c  # seeded
     train, val = {f.path for f in a["train"]}, {f.path for f in a["val"]}
     assert not train & val and len(train | val) == 12 * len(classes)

@@ -21,15 +21,62 @@ from pipeline.errors import UserError
 from pipeline.modalities import Modality
 
 
-class SkipCounter:
-    """Corrupt samples are skipped and counted, never fatal."""
+NO_SAMPLES = "no sample could be read"  # the driver finds this in the workers' error
+MAX_BAD_IN_A_ROW = 100  # consecutive unreadable samples before a stage gives up
 
-    def __init__(self) -> None:
+
+class NoSamples(RuntimeError):
+    """The shards yield nothing: every read fails, or every tar is empty."""
+
+
+def _describe(exn: Exception) -> str:
+    """`Type: message (where)` in one short line; webdataset appends the shard's URL to the args."""
+    args = exn.args
+    message = args[0] if args and isinstance(args[0], str) else (str(exn).splitlines() or [""])[0]
+    where = f" ({args[-1]})" if len(args) > 1 and isinstance(args[-1], str) else ""
+    return f"{type(exn).__name__}: {message}{where}"[:300]
+
+
+class SkipCounter:
+    """Corrupt samples are skipped and counted, never fatal, unless nothing can be read at all:
+    then, rather than spin for ever drawing shards that yield nothing, it raises NoSamples after
+    MAX_BAD_IN_A_ROW failures in a row, or `max_empty_draws` shards in a row without a sample."""
+
+    def __init__(self, where: str = "the shards", max_empty_draws: int = 100) -> None:
         self.count = 0
+        self.where = where
+        self.max_empty_draws = max_empty_draws
+        self.bad_in_a_row = 0
+        self.draws_without_sample = 0
+        self.last_error = ""
 
     def handler(self, exn: Exception) -> bool:
         self.count += 1
+        self.bad_in_a_row += 1
+        self.last_error = _describe(exn)
+        if self.bad_in_a_row >= MAX_BAD_IN_A_ROW:
+            raise NoSamples(f"{NO_SAMPLES} from {self.where}: {self.bad_in_a_row} failures in a row "
+                            f"(last: {self.last_error}); re-run jobs/shard.py with --set overwrite=true")
         return True  # continue
+
+    def good(self) -> None:
+        self.bad_in_a_row = 0
+
+    def drawn(self, src):
+        """Pipeline stage over shard URLs: counts draws since the last sample came out of a tar."""
+        for url in src:
+            self.draws_without_sample += 1
+            if self.draws_without_sample > self.max_empty_draws:
+                raise NoSamples(f"{NO_SAMPLES} from {self.where}: {self.draws_without_sample - 1} shards drawn "
+                                f"in a row gave no sample (empty or unreadable tars; last error: "
+                                f"{self.last_error or 'none'}); re-run jobs/shard.py with --set overwrite=true")
+            yield url
+
+    def arrived(self, src):
+        """Pipeline stage over raw samples: a tar gave something."""
+        for sample in src:
+            self.draws_without_sample = 0
+            yield sample
 
 
 def shard_urls(shards_dir: str, split: str) -> tuple[dict, list[str]]:
@@ -54,6 +101,7 @@ def _decoder(modality: Modality, skips: SkipCounter):
         except Exception as e:  # noqa: BLE001 - a bad sample is skipped and counted
             skips.handler(e)
             return None
+        skips.good()
         item.key = s["__key__"]
         return item
     return sample
@@ -61,10 +109,14 @@ def _decoder(modality: Modality, skips: SkipCounter):
 
 def train_batches(urls: list[str], batch_size: int, seed: int, rank: int, modality: Modality,
                   skips: SkipCounter, shuffle_buffer: int = 2000) -> Iterator:
-    """Endless shuffled Batches; a different stream per rank and seed."""
+    """Endless shuffled Batches; a different stream per rank and seed. Raises NoSamples when the
+    shards yield nothing for a bounded while (drawing with replacement would otherwise spin)."""
+    skips.max_empty_draws = max(100, 10 * len(urls))
     return iter(wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed * 7919 + rank, deterministic=True, worker_seed=lambda: rank),
+        skips.drawn,
         wds.tarfile_to_samples(handler=skips.handler),
+        skips.arrived,
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 500), rng=random.Random(seed * 31 + rank)),
         wds.map(_decoder(modality, skips)),
         wds.select(lambda s: s is not None),

@@ -22,6 +22,7 @@ from pipeline import modalities
 from pipeline.config import Settings
 from pipeline.data import fs as fsx
 from pipeline.errors import UserError
+from pipeline.locks import exclusive
 from pipeline.modalities import RawItem, SkipSample
 from pipeline.runtime import init_ray
 
@@ -45,14 +46,16 @@ def write_shard(task: dict, *, data: dict, out: str) -> dict:
     config = modality.DataConfig.model_validate(data)
     fs_in, _ = fsx.filesystem(config.root)
     fs_out, out_base = fsx.filesystem(out)
-    buf, skipped, samples = io.BytesIO(), [], 0
+    buf, skipped, samples, notes = io.BytesIO(), [], 0, collections.Counter()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for raw in json.loads(task["items"]):
             item = RawItem(**raw)
             try:
                 if item.skip:
                     raise SkipSample(item.skip)
-                members = modality.to_members(modality.preprocess(fsx.read_bytes(fs_in, item.path), item, config))
+                example = modality.preprocess(fsx.read_bytes(fs_in, item.path), item, config)
+                members = modality.to_members(example)
+                notes.update(modality.notes(example))
             except SkipSample as e:
                 skipped.append({"path": item.path, "reason": str(e)})
                 continue
@@ -66,16 +69,29 @@ def write_shard(task: dict, *, data: dict, out: str) -> dict:
     relative = f"{task['split']}/{shard_name(task['split'], task['index'])}"
     fsx.write_atomic(fs_out, f"{out_base}/{relative}", data)
     return {"split": task["split"], "index": task["index"], "path": relative, "samples": samples,
-            "sha256": hashlib.sha256(data).hexdigest(), "skipped": json.dumps(skipped)}
+            "sha256": hashlib.sha256(data).hexdigest(), "skipped": json.dumps(skipped), "notes": json.dumps(notes)}
+
+
+def unique_keys(items: list[RawItem]) -> list[str]:
+    """Every item's key, unique within the split and the same on every run: a key already taken
+    (x.jpg and x.png; "x 2.jpg" and x_2.jpg, which sanitise alike) gets a digest of the item's
+    path, which no other item shares."""
+    taken: set[str] = set()
+    keys = []
+    for item in items:
+        key = item.key
+        if key in taken:
+            key = f"{item.key}-{hashlib.sha1(item.path.encode()).hexdigest()[:10]}"
+            n = 1
+            while key in taken:  # only when a dataset holds a name that looks like a digest
+                key, n = f"{item.key}-{hashlib.sha1(item.path.encode()).hexdigest()[:10]}-{n}", n + 1
+        taken.add(key)
+        keys.append(key)
+    return keys
 
 
 def plan_shards(items: list[RawItem], split: str, per_shard: int) -> list[dict]:
-    seen: collections.Counter = collections.Counter()
-    planned = []
-    for item in items:  # keys must be unique within a dataset: a.JPEG and a.png in one class
-        seen[item.key] += 1
-        key = item.key if seen[item.key] == 1 else f"{item.key}_{seen[item.key] - 1}"
-        planned.append({**item.__dict__, "key": key})
+    planned = [{**item.__dict__, "key": key} for item, key in zip(items, unique_keys(items))]
     # Items travel as JSON text: Ray Data's Arrow blocks would otherwise reshape their dicts.
     return [{"split": split, "index": i // per_shard, "items": json.dumps(planned[i:i + per_shard])}
             for i in range(0, len(planned), per_shard)]
@@ -89,6 +105,11 @@ def _clear_previous(fs, base: str) -> None:
         if fsx.exists(fs, f"{base}/{split}"):
             fs.delete_dir_contents(f"{base}/{split}")
         fs.create_dir(f"{base}/{split}", recursive=True)
+
+
+def manifest_digest(manifest: dict) -> str:
+    """The shards' identity: the sha256 of their manifest (which holds every tar's sha256)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def load_manifest(shards_dir: str) -> dict | None:
@@ -106,11 +127,55 @@ def shard_cond(manifest: dict) -> dict:
     return {"labels": {"kind": "class", "size": len(classes), "names": classes}} if classes else {}
 
 
+def source_identity(listing, data) -> dict:
+    """What the shards are made from: the raw listing (every input's split, key, path,
+    conditioning and known skip reason) and the data config."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for item in listing.splits.get(split, []):
+            digest.update(json.dumps([split, item.key, item.path, item.cond, item.skip]).encode() + b"\n")
+    return {"listing_sha256": digest.hexdigest(), "data": _data_identity(data)}
+
+
+def _data_identity(data) -> dict:
+    return data.model_dump(exclude={"name", "make_demo"})
+
+
+def _check_finished(settings: Settings, finished: dict) -> None:
+    """Reuse finished shards only when they were made from exactly this listing and config."""
+    data, out = settings.data, settings.shards_dir
+    made = finished.get("source") or {}
+    redo = "--set overwrite=true replaces them"
+    if not made:
+        raise UserError(f"shard {data.name}: the shards at {out} do not record what they were made from "
+                        f"(written before 2026-11-26); {redo}")
+    if made.get("data") != _data_identity(data):
+        was = made.get("data") or {}
+        changed = sorted(k for k in {*was, *_data_identity(data)} if was.get(k) != _data_identity(data).get(k))
+        raise UserError(f"shard {data.name}: the shards at {out} were made with another data config "
+                        f"(differs in {', '.join('data.' + k for k in changed)}); {redo}")
+    root_fs, root_path = fsx.filesystem(data.root)
+    if root_fs.get_file_info(root_path).type != fsx.pafs.FileType.Directory:
+        print(f"shard {data.name}: data.root {data.root} is gone; the finished shards cannot be checked "
+              f"against it and are kept")
+        return
+    init_ray(settings)
+    if source_identity(settings.modality.find(data), data)["listing_sha256"] != made.get("listing_sha256"):
+        raise UserError(f"shard {data.name}: the shards at {out} were made from other files than data.root "
+                        f"{data.root} holds now; {redo}")
+
+
 def shard_dataset(settings: Settings) -> dict:
+    with exclusive(settings.shards_dir, f"shard {settings.data.name}"):
+        return _shard_dataset(settings)
+
+
+def _shard_dataset(settings: Settings) -> dict:
     data, out = settings.data, settings.shards_dir
     fs, base = fsx.filesystem(out)
     finished = load_manifest(out)
     if finished is not None and not settings.overwrite:
+        _check_finished(settings, finished)
         counts = ", ".join(f"{s} {v['samples']}" for s, v in finished["splits"].items())
         print(f"shard {data.name}: already finished at {out} ({counts}); nothing to do "
               f"(--set overwrite=true redoes it)")
@@ -148,13 +213,15 @@ def shard_dataset(settings: Settings) -> dict:
         "modality": data.modality,
         **listing.manifest,
         "cond": {k: v.to_json() for k, v in listing.cond.items()},
+        "source": source_identity(listing, data),
         "splits": {
             s: {"samples": sum(r["samples"] for r in results if r["split"] == s),
                 "shards": [{k: r[k] for k in ("path", "samples", "sha256")} for r in results if r["split"] == s]}
             for s in SPLITS
         },
-        "skipped": [item for r in results for item in json.loads(r["skipped"])],
-        "inputs": sum(len(v) for v in listing.splits.values()),
+        "skipped": listing.skipped + [item for r in results for item in json.loads(r["skipped"])],
+        "inputs": sum(len(v) for v in listing.splits.values()) + len(listing.skipped),
+        "notes": dict(sum((collections.Counter(json.loads(r["notes"])) for r in results), collections.Counter())),
     }
     fsx.write_atomic(fs, f"{base}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
     seconds = time.perf_counter() - start
@@ -168,3 +235,5 @@ def manifest_summary(manifest: dict, name: str, seconds: float, out: str) -> Non
     why = f" ({', '.join(f'{n} {r}' for r, n in reasons.most_common())})" if reasons else ""
     print(f"shard {name}: {', '.join(parts)}; skipped {len(manifest['skipped'])}{why}; "
           f"{seconds:.1f} s -> {out}", flush=True)
+    for note, count in sorted(manifest.get("notes", {}).items()):
+        print(f"shard {name}: warning: {count} inputs {note}", flush=True)

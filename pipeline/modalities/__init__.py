@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
+
+from pipeline.sections import Section
 
 # ---- what stages exchange ------------------------------------------------------------------------
 
@@ -68,6 +70,7 @@ class Listing:
     splits: dict[str, list[RawItem]]
     cond: dict[str, CondSpec]
     manifest: dict = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)  # {path, reason}: inputs the listing could not take
 
 
 @dataclass
@@ -95,9 +98,8 @@ class Batch:
         return self.x.shape[0]
 
 
-class DataSection(BaseModel):
+class DataSection(Section):
     """The `data:` fields every modality has; a modality subclasses it with its own."""
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # "{workdir}" in root is replaced by the workdir, so a demo's data can live beside its outputs.
@@ -134,6 +136,10 @@ class Modality:
     def preprocess(self, raw: bytes, item: RawItem, data: DataSection) -> Any:
         """A raw file's bytes -> the example to store; raises SkipSample(reason)."""
         raise NotImplementedError
+
+    def notes(self, example: Any) -> list[str]:
+        """Warnings about a kept example (e.g. "upsampled"): the shard manifest counts them."""
+        return []
 
     def to_members(self, example: Any) -> dict[str, bytes]:
         """The whole tar schema of one sample: extension -> bytes (conditioning included)."""

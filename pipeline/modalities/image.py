@@ -34,6 +34,14 @@ class ImageData(DataSection):
     min_source_size: int = Field(32, ge=1)
 
 
+UPSAMPLED = "upsampled: smaller than data.image_size"
+
+
+def _shorter_side(raw: bytes) -> int:
+    with Image.open(io.BytesIO(raw)) as img:  # the header only: preprocess_pixels has decoded it
+        return min(img.size)
+
+
 def is_candidate(name: str) -> bool:
     return name.lower().endswith(EXTENSIONS)
 
@@ -77,9 +85,10 @@ def preprocess_pixels(data: bytes, image_size: int, min_source_size: int) -> np.
         raise
     except Image.DecompressionBombError as e:
         raise SkipSample(f"too large: {e}") from None
-    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
-        kind = "not an image" if isinstance(e, Image.UnidentifiedImageError) else "corrupt image"
-        raise SkipSample(f"{kind}: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise SkipSample("not an image: Pillow cannot identify it") from None  # its message holds an address
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SkipSample(f"corrupt image: {e}") from None
     w, h = img.size
     scale = image_size / min(w, h)
     new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
@@ -156,15 +165,19 @@ class ImageModality(Modality):
     def find(self, data: ImageData) -> Listing:
         from pipeline.data.sources import list_class_layout
 
-        classes, splits = list_class_layout(data.root, data.val_fraction, data.seed, is_candidate, COND)
+        classes, splits, skipped = list_class_layout(data.root, data.val_fraction, data.seed, is_candidate, COND)
         return Listing(splits, {COND: CondSpec("class", len(classes), tuple(classes))},
-                       {"classes": classes, "image_size": data.image_size})
+                       {"classes": classes, "image_size": data.image_size}, skipped)
 
-    def preprocess(self, raw: bytes, item: RawItem, data: ImageData) -> tuple[np.ndarray, int]:
-        return preprocess_pixels(raw, data.image_size, data.min_source_size), int(item.cond[COND])
+    def preprocess(self, raw: bytes, item: RawItem, data: ImageData) -> tuple[np.ndarray, int, bool]:
+        pixels = preprocess_pixels(raw, data.image_size, data.min_source_size)
+        return pixels, int(item.cond[COND]), _shorter_side(raw) < data.image_size
 
-    def to_members(self, example: tuple[np.ndarray, int]) -> dict[str, bytes]:
-        pixels, label = example
+    def notes(self, example) -> list[str]:
+        return [UPSAMPLED] if example[2] else []
+
+    def to_members(self, example: tuple[np.ndarray, int, bool]) -> dict[str, bytes]:
+        pixels, label, _ = example
         return {"png": encode_png(pixels), "cls": str(label).encode()}
 
     def from_members(self, members: dict[str, bytes]) -> Item:

@@ -111,6 +111,20 @@ def model_metadata(uri: str) -> dict:
         return _read_config(uri, folder)
 
 
+def weights_digest(uri: str) -> str:
+    """sha256 of the model's weights file: what makes two models the same, whatever their
+    version numbers (which restart in another MLflow store)."""
+    import hashlib
+
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        folder = _download(uri, (WEIGHTS_FILE,), tmp)
+        digest = hashlib.sha256()
+        with open(folder / WEIGHTS_FILE, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
 def _read_config(uri: str, folder: Path) -> dict:
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
@@ -133,9 +147,14 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> nn.Module:
             raise UserError(f"model {uri}: unknown class {meta.get('class')!r}")
         try:
             model = cls.from_config(meta["config"])
+        except (TypeError, ValueError) as e:
+            raise UserError(f"model {uri}: {CONFIG_FILE} does not build a {cls.__name__}: "
+                            f"{str(e).splitlines()[0]}") from None
+        try:
             load_weights(model, str(folder / WEIGHTS_FILE), strict=True)  # copies into params
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"model {uri}: weights do not fit its config: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, shape or key mismatches
+            raise UserError(f"model {uri}: {WEIGHTS_FILE} is not the weights of its {CONFIG_FILE}: "
+                            f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
     return model.to(device).eval()
 
 

@@ -71,14 +71,17 @@ def setup_tracking(tracking_uri: str, experiment: str) -> str:
     elif scheme.startswith("sqlite"):
         db = sqlite_path(tracking_uri)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"MLflow store {tracking_uri}: cannot create {db.parent}: {e.strerror}") from None
             # Without this, new experiments store artifacts in ./mlruns of whatever directory the
             # process runs in (Ray workers chdir into their session folder): keep them by the db.
             artifact_location = (db.parent / "mlartifacts").as_uri()
     set_tracking_uri(tracking_uri)
 
-    client = MlflowClient()
     try:
+        client = MlflowClient()
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             try:
@@ -88,7 +91,8 @@ def setup_tracking(tracking_uri: str, experiment: str) -> str:
                 if exp is None:
                     raise
     except MlflowException as e:
-        raise UserError(f"MLflow at {tracking_uri}: cannot open experiment {experiment!r}: {e.message}") from None
+        first = (e.message.splitlines() or [""])[0].split(". See ")[0]
+        raise UserError(f"MLflow at {tracking_uri}: cannot open experiment {experiment!r}: {first}") from None
     if exp.lifecycle_stage == "deleted":
         raise UserError(
             f"MLflow experiment {experiment!r} (id {exp.experiment_id}) is deleted: restore it "

@@ -94,7 +94,21 @@ class RankZeroMlflow:
 
             self.client = MlflowClient(tracking_uri=tracking_uri)
 
-    def metrics(self, values: dict, step: int) -> None:
+    def resume(self, start: int, key: str = "samples_per_s") -> None:
+        """After a resume from the checkpoint of `start`: the steps after it were logged by the
+        attempt that died; they are not logged again (MLflow would show two values at one step).
+        `resumed_from_step` marks where the new attempt took over."""
+        if self.client is None:
+            return
+        logged = [m.step for m in self.client.get_metric_history(self.run_id, key)]
+        self.skip_until = max(logged, default=start)
+        self.metrics({"resumed_from_step": start}, start, force=True)
+
+    skip_until = 0
+
+    def metrics(self, values: dict, step: int, force: bool = False) -> None:
+        if step <= self.skip_until and not force:
+            return
         if self.client is not None:
             from mlflow.entities import Metric
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from typing import Callable
@@ -18,6 +19,8 @@ from typing import Callable
 from pydantic import BaseModel
 
 from pipeline.config import Settings, settings_to_params
+from pipeline.errors import UserError
+from pipeline.locks import exclusive
 from pipeline.runtime import init_ray, use_gpu
 
 # Keys that do not change what is trained: a change of these still resumes the same run.
@@ -70,10 +73,17 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
     run_dir = os.path.join(settings.runs_dir, name)
     os.makedirs(run_dir, exist_ok=True)
     started = read_json(os.path.join(run_dir, "mlflow.json"))
-    if started is not None:
-        print(f"{stage} {settings.data.name}: resuming {name} (MLflow run {started['run_id']})")
-        return started["run_id"]
     client = MlflowClient(tracking_uri=settings.tracking_uri)
+    if started is not None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.get_run(started["run_id"])
+            print(f"{stage} {settings.data.name}: resuming {name} (MLflow run {started['run_id']})")
+            return started["run_id"]
+        except MlflowException:  # the store was lost or swapped since: log the rest to a new run
+            print(f"{stage} {settings.data.name}: resuming {name}; its MLflow run {started['run_id']} is not in "
+                  f"{settings.tracking_uri}, so a new one is created")
     tags = {k: str(v) for k, v in {"stage": stage, **tags, **tracking.parent_tag()}.items()}  # REST: strings only
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     # One batch, values as strings: the REST store refuses non-string values (lists, e.g.
@@ -111,10 +121,41 @@ def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config:
     start = time.perf_counter()
     try:
         result = trainer.fit()
-    except BaseException:
+    except BaseException as e:
         MlflowClient(settings.tracking_uri).set_terminated(run_id, status="FAILED")
+        known = _known_failure(str(e))
+        if known:  # the workers said why in one line: no traceback of Ray's around it
+            raise UserError(f"{name}: {known}; MLflow run {run_id} marked FAILED, nothing registered") from None
         raise
     return result, time.perf_counter() - start
+
+
+def _check_registered(settings: Settings, stage: str, name: str, registered: str, done: dict) -> None:
+    """A finished run counts only where its model is: in this MLflow store, as the version it
+    registered (the store may have been lost or swapped since, and its version numbers reused)."""
+    from pipeline import tracking
+
+    uri = f"models:/{registered}/{done['version']}"
+    try:
+        here = tracking.resolve(uri)["run_id"]
+    except UserError:
+        here = None
+    if here != done["run_id"]:
+        raise UserError(f"{stage} {settings.data.name}: {name} finished, but its model ({uri}, MLflow run "
+                        f"{done['run_id']}) is not in the MLflow store {settings.tracking_uri}; "
+                        f"--set overwrite=true retrains")
+
+
+def _known_failure(text: str) -> str | None:
+    """The one-line reason of a failure the training loop raises on purpose, if this is one."""
+    from pipeline.data.reader import NO_SAMPLES
+    from pipeline.train.loop import DIVERGED
+
+    for marker in (DIVERGED, NO_SAMPLES):
+        match = re.search(re.escape(marker) + r"[^\n]*", text)
+        if match:
+            return match.group(0).rstrip(" .'\")")
+    return None
 
 
 def load_state(checkpoint) -> dict:
@@ -143,11 +184,19 @@ def train_and_register(settings: Settings, *, stage: str, name: str, registered:
     holder) and record the result. `best`: register the checkpoint whose validation scored best
     on `metric`, not the last. `version_tags(metrics)`: extra tags of the version. `summary(done)`:
     the line printed at the end."""
+    with exclusive(os.path.join(settings.runs_dir, name), f"{stage} {settings.data.name}"):
+        return _train_and_register(settings, stage, name, registered, lineage, loop, loop_config, max_failures,
+                                   build, metric, key_metrics, metadata, version_tags, best, summary)
+
+
+def _train_and_register(settings, stage, name, registered, lineage, loop, loop_config, max_failures, build,
+                        metric, key_metrics, metadata, version_tags, best, summary) -> dict:
     from pipeline import tracking
 
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # unreachable: exit 2 now
     done = finished_result(settings, name)
     if done is not None:
+        _check_registered(settings, stage, name, registered, done)
         print(f"{stage} {settings.data.name}: already finished ({name}, model {registered} v{done['version']}); "
               f"nothing to do (--set overwrite=true retrains)")
         return done

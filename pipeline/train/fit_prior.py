@@ -14,6 +14,8 @@ refuse a decoder it was not trained for.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import numpy as np
@@ -35,11 +37,23 @@ KEY_METRICS = ("val_bits_per_dim", "uniform_bits_per_code")
 
 def codes_info(settings: Settings, vqvae: dict) -> dict:
     """What the workers need to know about the codes, from the codes manifest and the VQ-VAE."""
-    folder = settings.codes_version_dir(vqvae["version"])
+    from pipeline import tracking
+    from pipeline.data.shard import load_manifest, manifest_digest
+
+    folder = settings.codes_dir_for(vqvae["version"], vqvae["run_id"])
     manifest = codeset.load_manifest(folder)
+    what = f"{vqvae['name']} v{vqvae['version']} (run {vqvae['run_id']})"
     if manifest is None:
-        raise UserError(f"no codes for {vqvae['name']} v{vqvae['version']} at {folder} "
-                        f"(run jobs/dump_codes.py first)")
+        raise UserError(f"no codes for {what} at {folder} (run jobs/dump_codes.py first)")
+    # Never a prior on stale codes: the model's weights and the shards must be those they came from.
+    made = manifest["identity"]
+    weights = tracking.weights_digest(f"models:/{vqvae['name']}/{vqvae['version']}")
+    shards = load_manifest(settings.shards_dir)
+    if made["weights_sha256"] != weights or (shards is not None and
+                                            made["shards_manifest_sha256"] != manifest_digest(shards)):
+        stale = "weights" if made["weights_sha256"] != weights else f"shards (now {settings.shards_dir})"
+        raise UserError(f"the codes at {folder} were made from other {stale} than {what}'s: "
+                        f"run jobs/dump_codes.py with --set overwrite=true")
     tags = vqvae["tags"]
     try:
         if "decoder_bits_per_dim" in tags:
@@ -48,7 +62,8 @@ def codes_info(settings: Settings, vqvae: dict) -> dict:
             decoder_bits = gaussian_bits_per_dim(float(tags["metric.val_mse"]))
     except (KeyError, ValueError):
         raise UserError(f"{vqvae['name']} v{vqvae['version']} has no 'decoder_bits_per_dim' tag") from None
-    return {"dir": folder, "codebook_size": manifest["codebook_size"], "cond": manifest["cond"],
+    return {"dir": folder, "digest": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
+            "codebook_size": manifest["codebook_size"], "cond": manifest["cond"],
             "latent_shape": manifest["latent_shape"], "input_dims_per_code": manifest["input_dims_per_code"],
             "decoder_bits_per_dim": decoder_bits}
 
@@ -57,8 +72,9 @@ def build_prior(settings: Settings, info: dict) -> torch.nn.Module:
     return settings.modality.build_prior(settings.stage2, info["codebook_size"], codeset.cond_specs(info))
 
 
-def run_name(settings: Settings, vqvae_version: str) -> str:
-    return _run_name("stage2", settings, {**shaping(settings.stage2), "vqvae_version": vqvae_version})
+def run_name(settings: Settings, info: dict) -> str:
+    """Named by the prior's config and the exact codes (their manifest's digest)."""
+    return _run_name("stage2", settings, {**shaping(settings.stage2), "codes": info["digest"]})
 
 
 class _Rows:
@@ -153,7 +169,7 @@ def train_prior(settings: Settings) -> dict:
                 f"MLflow run {done['run_id']}")
 
     return train_and_register(
-        settings, stage="stage2", name=run_name(settings, vqvae["version"]), registered=settings.prior_name,
+        settings, stage="stage2", name=run_name(settings, info), registered=settings.prior_name,
         lineage=lineage, loop=train_loop_per_worker, loop_config={"codes": info},
         max_failures=settings.stage2.max_failures, build=lambda: build_prior(settings, info), metric=METRIC,
         key_metrics=KEY_METRICS, metadata={"latent_shape": info["latent_shape"], "cond": info["cond"]},

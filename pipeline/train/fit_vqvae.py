@@ -13,7 +13,6 @@ model as safetensors + JSON, `champion` when its `selection_metric` beats the ho
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,7 +21,9 @@ import tempfile
 import torch
 
 from pipeline.config import Settings
-from pipeline.data.reader import SkipCounter, eval_batches, shard_urls, train_batches
+from pipeline.errors import UserError
+from pipeline.data.shard import manifest_digest
+from pipeline.data.reader import NO_SAMPLES, NoSamples, SkipCounter, eval_batches, shard_urls, train_batches
 from pipeline.models.metrics import perplexity
 from pipeline.train.common import RankZeroMlflow, all_reduce_sum, sum_over_ranks
 from pipeline.train.driver import run_name as _run_name
@@ -36,15 +37,28 @@ def build_model(settings: Settings) -> torch.nn.Module:
     return settings.modality.build_autoencoder(settings.stage1, settings.data)
 
 
+def check_input_size(settings: Settings) -> None:
+    """Inputs too small for the downsampling fail here, in one line, before Ray starts."""
+    shape = settings.modality.sample_shape(settings.data)
+    if shape is None:
+        return
+    try:
+        build_model(settings).latent_shape(tuple(shape))
+    except ValueError as e:
+        raise UserError(f"stage1.num_downsamples={settings.stage1.num_downsamples}: {e}") from None
+
+
 def run_name(settings: Settings) -> str:
-    data = settings.data.model_dump(exclude={"name", "root", "make_demo", "samples_per_shard"})
-    return _run_name("stage1", settings, {**shaping(settings.stage1), "data": data})
+    """Named by the model config and the exact shards (their manifest's digest): other data, even
+    re-sharded into the same folder, is a new run, never "already finished"."""
+    shards = shard_lineage(settings)["shards_manifest_sha256"]
+    return _run_name("stage1", settings, {**shaping(settings.stage1), "shards": shards})
 
 
 def shard_lineage(settings: Settings) -> dict:
     manifest, _ = shard_urls(settings.shards_dir, "train")
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    return {"shards": settings.shards_dir, "shards_manifest_sha256": digest, "dataset": settings.data.name,
+    return {"shards": settings.shards_dir, "shards_manifest_sha256": manifest_digest(manifest),
+            "dataset": settings.data.name,
             "modality": settings.data.modality}
 
 
@@ -65,7 +79,7 @@ class VQVAETask(Task):
         self.modality = settings.modality
         _, self.train_urls = shard_urls(settings.shards_dir, "train")
         _, self.val_urls = shard_urls(settings.shards_dir, "val")
-        self.skips = SkipCounter()
+        self.skips = SkipCounter(f"the train shards of {settings.shards_dir}")
 
     def build(self):
         return build_model(self.settings)
@@ -86,8 +100,8 @@ class VQVAETask(Task):
         sums: dict[str, float] = {}
         hist = torch.zeros(k, device=self.device, dtype=torch.float64)
         shown: dict = {}  # one (original, reconstruction) per class when there are classes
-        for batch in eval_batches(self.val_urls, self.section.batch_size, self.rank, self.world, self.modality,
-                                  SkipCounter()):
+        skips = SkipCounter(f"the val shards of {self.settings.shards_dir}")
+        for batch in eval_batches(self.val_urls, self.section.batch_size, self.rank, self.world, self.modality, skips):
             batch = batch.to(self.device)
             out = model(batch.x, batch.cond, batch.mask)
             for name, value in self.modality.val_sums(batch, out.recon).items():
@@ -101,6 +115,9 @@ class VQVAETask(Task):
         sums = sum_over_ranks(sums)
         hist = all_reduce_sum(hist, self.device)
         model.train()
+        if not sums.get("samples"):
+            raise NoSamples(f"{NO_SAMPLES} from the {len(self.val_urls)} val shards of {self.settings.shards_dir} "
+                            f"(last error: {skips.last_error or 'none'}); re-run jobs/shard.py with --set overwrite=true")
         sums["latent_bits"] = hist.sum().item() * math.log2(k)  # the uniform prior's bits (KL = log K)
         metrics = {**self.modality.metrics(sums), "perplexity": perplexity(hist.cpu()),
                    "codebook_usage": (hist > 0).double().mean().item()}
@@ -161,6 +178,7 @@ def version_tags(metrics: dict) -> dict:
 
 
 def train_vqvae(settings: Settings) -> dict:
+    check_input_size(settings)
     lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
     modality = settings.modality
 

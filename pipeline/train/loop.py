@@ -19,6 +19,13 @@ from pipeline.runtime import keep_freed_memory
 from pipeline.train.common import RankZeroMlflow, device_and_autocast, load_checkpoint, report
 
 
+DIVERGED = "training diverged"  # the driver finds this in the workers' error
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss: training stops before the weights reach a checkpoint."""
+
+
 class Task:
     """What one stage gives the loop. `section` holds steps, batch_size, lr, seed and the cadence
     (checkpoint_every, val_every, log_every)."""
@@ -67,7 +74,7 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
 
     mlf = RankZeroMlflow(config["tracking_uri"], config["run_id"], enabled=rank == 0)
     if state is not None:
-        mlf.metrics({"resumed_from_step": start}, start)
+        mlf.resume(start)
     batches = task.batches(start)
     clock, timed_steps = time.perf_counter(), 0
     for step in range(start + 1, s.steps + 1):
@@ -81,6 +88,11 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
         val: dict = {}
 
         final = step == s.steps
+        checkpointing = step % s.checkpoint_every == 0 or final
+        # A non-finite loss poisons every later step: stop before it reaches a checkpoint. Checked
+        # on log and checkpoint steps only, since reading the loss waits for the device.
+        if (step % s.log_every == 0 or checkpointing) and not torch.isfinite(out.loss.detach()).item():
+            raise Diverged(f"{DIVERGED}: the loss is {out.loss.item()} at step {step}")
         if step % s.log_every == 0 or final:
             elapsed = time.perf_counter() - clock
             mlf.metrics({**out.logs(model), **task.train_logs(),
@@ -90,6 +102,6 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
             val = task.validate(model, step, final, mlf)
             mlf.metrics(val, step)
             clock, timed_steps = time.perf_counter(), 0
-        checkpoint = (model, optimizer) if step % s.checkpoint_every == 0 or final else None
+        checkpoint = (model, optimizer) if checkpointing else None
         if report(step, rank, val, checkpoint):  # validation steps reach Ray Tune even without a checkpoint
             clock, timed_steps = time.perf_counter(), 0
