@@ -184,16 +184,18 @@ def train_and_register(settings: Settings, *, stage: str, name: str, registered:
     holder) and record the result. `best`: register the checkpoint whose validation scored best
     on `metric`, not the last. `version_tags(metrics)`: extra tags of the version. `summary(done)`:
     the line printed at the end."""
-    with exclusive(os.path.join(settings.runs_dir, name), f"{stage} {settings.data.name}"):
-        return _train_and_register(settings, stage, name, registered, lineage, loop, loop_config, max_failures,
-                                   build, metric, key_metrics, metadata, version_tags, best, summary)
-
-
-def _train_and_register(settings, stage, name, registered, lineage, loop, loop_config, max_failures, build,
-                        metric, key_metrics, metadata, version_tags, best, summary) -> dict:
     from pipeline import tracking
 
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # unreachable: exit 2 now
+    with exclusive(os.path.join(settings.runs_dir, name), f"{stage} {settings.data.name}"):
+        return _train_and_register(settings, experiment_id, stage, name, registered, lineage, loop, loop_config,
+                                   max_failures, build, metric, key_metrics, metadata, version_tags, best, summary)
+
+
+def _train_and_register(settings, experiment_id, stage, name, registered, lineage, loop, loop_config, max_failures,
+                        build, metric, key_metrics, metadata, version_tags, best, summary) -> dict:
+    from pipeline import tracking
+
     done = finished_result(settings, name)
     if done is not None:
         _check_registered(settings, stage, name, registered, done)
