@@ -136,7 +136,7 @@ def test_malformed_model_files_name_the_version_and_the_file(tmp_path):
     finally:
         mlflow.set_tracking_uri(before)
     message = str(e.value)
-    assert "models:/vqvae-t@champion" in message and tracking.WEIGHTS_FILE in message
+    assert "models:/vqvae-t@champion (models:/vqvae-t/1)" in message and tracking.WEIGHTS_FILE in message
     assert "\n" not in message
 
 

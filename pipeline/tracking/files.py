@@ -139,21 +139,26 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model at `uri` from its config.json and safetensors weights, in eval mode."""
     from safetensors.torch import load_model as load_weights
 
+    where = uri  # what errors name: the version too, not only the alias that led to it
+    if uri.startswith("models:"):
+        info = resolve(uri)
+        pinned = f"models:/{info['name']}/{info['version']}"
+        where = uri if uri == pinned else f"{uri} ({pinned})"
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         folder = _download(uri, (CONFIG_FILE, WEIGHTS_FILE), tmp)
-        meta = _read_config(uri, folder)
+        meta = _read_config(where, folder)
         cls = _model_classes().get(meta.get("class"))
         if cls is None:
-            raise UserError(f"model {uri}: unknown class {meta.get('class')!r}")
+            raise UserError(f"model {where}: unknown class {meta.get('class')!r}")
         try:
             model = cls.from_config(meta["config"])
         except (TypeError, ValueError) as e:
-            raise UserError(f"model {uri}: {CONFIG_FILE} does not build a {cls.__name__}: "
+            raise UserError(f"model {where}: {CONFIG_FILE} does not build a {cls.__name__}: "
                             f"{str(e).splitlines()[0]}") from None
         try:
             load_weights(model, str(folder / WEIGHTS_FILE), strict=True)  # copies into params
         except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, shape or key mismatches
-            raise UserError(f"model {uri}: {WEIGHTS_FILE} is not the weights of its {CONFIG_FILE}: "
+            raise UserError(f"model {where}: {WEIGHTS_FILE} is not the weights of its {CONFIG_FILE}: "
                             f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
     return model.to(device).eval()
 
