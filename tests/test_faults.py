@@ -3,6 +3,7 @@ jobs at once. Each case ends in a correct result or a one-line error with exit c
 wrong result with exit 0, and never in a hang."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -283,3 +284,40 @@ def test_inputs_smaller_than_the_target_are_upsampled_with_a_note(tmp_path):
         Image.new("RGB", (side, side), (10, 200, 30)).save(buf, format="PNG")
         example = image.preprocess(buf.getvalue(), item, data)
         assert example[0].shape == (48, 48, 3) and image.notes(example) == notes
+
+
+# ---- killed at a stage: the same command again finishes, from what was done -------------------
+
+def _run_until(cfg: Path, work: Path, sign: str, env: dict) -> None:
+    """Start jobs/pipeline.py and SIGKILL it, whole process group, once `sign` exists under work."""
+    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "pipeline.py"), "--config", str(cfg)], cwd=REPO,
+                           env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.time() + 400
+    while not list(work.glob(sign)) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert list(work.glob(sign)), f"the pipeline never got to {sign}"
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_in_codes_then_in_stage_2_finishes_when_run_again(tmp_path, ray_local, demo_raw,
+                                                                            demo_shards):
+    work = workdir_with_shards(tmp_path, demo_shards)
+    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, ray={"num_workers": 1}, sample={"per_class": 1},
+                       stage1={**TINY_STAGE1, "steps": 20, "val_every": 20, "checkpoint_every": 20},
+                       stage2={**TINY_STAGE2, "steps": 120, "checkpoint_every": 10, "val_every": 60})
+    env = ray_address(ray_local)
+    _run_until(cfg, work, "codes/t/.v1-*.tmp", env)  # killed while encoding
+    _run_until(cfg, work, "runs/stage2-t-*/checkpoint_*", env)  # killed while fitting the prior
+    again = run_job("pipeline.py", "--config", str(cfg), timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage1 t: already finished" in again.stdout and "codes t: already dumped" in again.stdout
+    assert "resuming stage2-t-" in again.stdout  # from its last checkpoint
+    shards = json.loads((work / "shards" / "t" / "manifest.json").read_text())
+    [codes] = work.glob("codes/t/v1-*/manifest.json")
+    rows = json.loads(codes.read_text())["rows"]
+    assert rows == {s: shards["splits"][s]["samples"] for s in ("train", "val")}
+    assert not list(work.glob("codes/t/.*.tmp")) and not list(work.glob("**/*.lock"))
+    assert list((work / "samples").glob("samples-1.png"))
