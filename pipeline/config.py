@@ -147,7 +147,7 @@ class Settings(_Section):
     def _modality_data(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        name = value.get("modality", "image")
+        name = value.get("modality", modalities.DEFAULT)
         if not isinstance(name, str):
             raise ValueError(f"modality must be a name, got {name!r}")
         try:

@@ -104,7 +104,7 @@ class DataSection(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # "{workdir}" in root is replaced by the workdir, so a demo's data can live beside its outputs.
     root: str
-    modality: str = "image"
+    modality: str = "image"  # DEFAULT below
     make_demo: bool = False  # jobs/pipeline.py builds the modality's demo data at `root` when missing
     val_fraction: float = Field(0.05, gt=0, lt=1)  # held out per class when the layout has no val split
     samples_per_shard: int = Field(1000, ge=1)
@@ -195,6 +195,7 @@ class Modality:
 
 _REGISTRY: dict[str, Modality] = {}
 _BUILTIN = {"image": "pipeline.modalities.image"}
+DEFAULT = "image"  # what a config without data.modality means
 
 
 def register(modality: Modality) -> Modality:
