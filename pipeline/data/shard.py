@@ -81,10 +81,10 @@ def unique_keys(items: list[RawItem]) -> list[str]:
     for item in items:
         key = item.key
         if key in taken:
-            key = f"{item.key}-{hashlib.sha1(item.path.encode()).hexdigest()[:10]}"
+            base = key = f"{item.key}-{hashlib.sha1(item.path.encode()).hexdigest()[:10]}"
             n = 1
             while key in taken:  # only when a dataset holds a name that looks like a digest
-                key, n = f"{item.key}-{hashlib.sha1(item.path.encode()).hexdigest()[:10]}-{n}", n + 1
+                key, n = f"{base}-{n}", n + 1
         taken.add(key)
         keys.append(key)
     return keys

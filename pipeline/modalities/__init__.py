@@ -229,11 +229,6 @@ def names() -> list[str]:
     return sorted({*_BUILTIN, *_REGISTRY})
 
 
-def registered() -> list[Modality]:
-    """Every modality, the built-in ones imported."""
-    return [get(n) for n in names()]
-
-
 def model_classes() -> dict[str, type[torch.nn.Module]]:
     """The model classes a registered model may be: the shared ones and every loaded modality's."""
     from pipeline.models import MODEL_CLASSES

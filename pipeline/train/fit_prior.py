@@ -14,8 +14,6 @@ refuse a decoder it was not trained for.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import numpy as np
@@ -62,7 +60,7 @@ def codes_info(settings: Settings, vqvae: dict) -> dict:
             decoder_bits = gaussian_bits_per_dim(float(tags["metric.val_mse"]))
     except (KeyError, ValueError):
         raise UserError(f"{vqvae['name']} v{vqvae['version']} has no 'decoder_bits_per_dim' tag") from None
-    return {"dir": folder, "digest": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
+    return {"dir": folder, "digest": manifest_digest(manifest),
             "codebook_size": manifest["codebook_size"], "cond": manifest["cond"],
             "latent_shape": manifest["latent_shape"], "input_dims_per_code": manifest["input_dims_per_code"],
             "decoder_bits_per_dim": decoder_bits}
