@@ -15,15 +15,20 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import UserError
 
 
-def parse_settings(description: str, argv: list[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(description=description)
+def parse_settings(description: str, argv: list[str] | None = None, add_arguments=None):
+    """Settings from --config and --set; with `add_arguments(parser)` for a job's own flags,
+    (settings, parsed args)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, value parsed as YAML (repeatable), e.g. --set stage1.steps=300",
     )
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
-    return load_settings(args.config, args.overrides)
+    settings = load_settings(args.config, args.overrides)
+    return settings if add_arguments is None else (settings, args)
 
 
 def check_workdir(settings: Settings) -> None:
@@ -39,12 +44,15 @@ def check_workdir(settings: Settings) -> None:
         raise UserError(f"workdir {workdir} is not a writable folder: {e.strerror or e}") from None
 
 
-def run_job(stage: Callable[[Settings], object], description: str, argv: list[str] | None = None) -> None:
-    """Parse, validate, run one stage. A UserError becomes one line on stderr and exit code 2."""
+def run_job(stage: Callable[..., object], description: str, argv: list[str] | None = None,
+            add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Parse, validate, run one stage. A UserError becomes one line on stderr and exit code 2.
+    A job with flags of its own gives `add_arguments`; its stage is called as stage(settings, args)."""
     try:
-        settings = parse_settings(description, argv)
+        parsed = parse_settings(description, argv, add_arguments)
+        settings, args = parsed if add_arguments is not None else (parsed, None)
         check_workdir(settings)
-        stage(settings)
+        stage(settings) if add_arguments is None else stage(settings, args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -58,6 +58,27 @@ def read_shard(row: dict) -> list[dict]:
     return [{"key": k, "exts": list(s), "payloads": list(s.values())} for k, s in samples.items()]
 
 
+MAX_PADDED_INPUT = 2**22  # input elements of one encoder call when sample shapes vary (~16 MB)
+
+
+def _chunks(items: list) -> list[list]:
+    """Items in encoder calls: all at once when they share a shape (images), else in order,
+    as many as fit MAX_PADDED_INPUT once padded to the longest (utterances of 1 to 20 s would
+    otherwise pad a batch of 256 to its longest). Padding is zeros, as the encoder's own is, so
+    a sample's codes do not depend on its neighbours."""
+    if len({tuple(it.x.shape) for it in items}) <= 1:
+        return [items] if items else []
+    chunks, current, longest = [], [], 0
+    for item in items:
+        size = item.x.numel()
+        if current and max(longest, size) * (len(current) + 1) > MAX_PADDED_INPUT:
+            chunks.append(current)
+            current, longest = [], 0
+        current.append(item)
+        longest = max(longest, size)
+    return chunks + [current]
+
+
 class EncoderActor:
     """Holds the VQ-VAE for the life of the actor; each call encodes one batch of samples.
     A sample that does not decode is left out (skipped, and counted by `dump_codes`)."""
@@ -87,10 +108,10 @@ class EncoderActor:
             item.key = str(key)
             items.append(item)
         codes: list[np.ndarray] = []
-        if items:
-            x = self.modality.collate(items).to(self.device)
+        for chunk in _chunks(items):
+            x = self.modality.collate(chunk).to(self.device)
             indices = self.model.encode(x.x, x.cond).cpu().numpy()
-            for i, item in enumerate(items):  # each sample's own codes, without the batch's padding
+            for i, item in enumerate(chunk):  # each sample's own codes, without the batch's padding
                 shape = self.model.latent_shape(tuple(item.x.shape[1:]))
                 codes.append(indices[(i, *(slice(0, n) for n in shape))])
         cond = {name: [item.cond[name] for item in items] for name in (items[0].cond if items else {})}

@@ -14,7 +14,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, fie
 
 from pipeline import modalities
 from pipeline.errors import UserError
-from pipeline.sections import Section as _Section
+from pipeline.sections import SampleConfig, Section as _Section, Stage1Config, Stage2Config
 
 
 class RayConfig(_Section):
@@ -30,57 +30,10 @@ class MlflowConfig(_Section):
     experiment: Optional[str] = None  # else data.name
 
 
-class _TrainingSection(_Section):
-    """What both training stages share: how often they checkpoint, validate and log."""
-    checkpoint_every: int = Field(500, ge=1)
-    val_every: int = Field(250, ge=1)
-    log_every: int = Field(10, ge=1)
-    max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
-    seed: int = 0
-
-
-class Stage1Config(_TrainingSection):
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    codebook_size: int = Field(512, ge=2)
-    code_dim: int = Field(64, ge=1)
-    beta: float = Field(0.25, ge=0)
-    ema: bool = False
-    decay: float = Field(0.99, gt=0, lt=1)
-    dead_code_steps: int = Field(0, ge=0)
-    hidden: int = Field(256, ge=1)
-    num_res_blocks: int = Field(2, ge=0)
-    num_downsamples: int = Field(2, ge=1)
-
-
 class CodesConfig(_Section):
     model: Optional[str] = None  # else models:/vqvae-<data.name>@champion
     batch_size: int = Field(256, ge=1)
     actors: int = Field(1, ge=1)  # encoder actors, each holding the model (and a GPU when GPUs are used)
-
-
-class Stage2Config(_TrainingSection):
-    vqvae: Optional[str] = None  # the VQ-VAE whose codes the prior models; else its champion
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-4, gt=0)
-    hidden: int = Field(64, ge=1)
-    num_layers: int = Field(8, ge=1)
-    kernel_size: int = Field(5, ge=3)
-
-    @model_validator(mode="after")
-    def _odd_kernel(self) -> "Stage2Config":
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
-        return self
-
-
-class SampleConfig(_Section):
-    prior: Optional[str] = None  # else models:/prior-<data.name>@champion
-    per_class: int = Field(8, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    seed: int = 0
 
 
 _SAMPLERS = {"choice", "uniform", "loguniform", "randint"}
@@ -108,7 +61,7 @@ class TuneSection(_Section):
             raise ValueError("space is empty: name at least one stage1.* key")
         for key, spec in self.space.items():
             section, _, field = key.partition(".")
-            if section != "stage1" or field not in Stage1Config.model_fields:
+            if section != "stage1" or not field:
                 raise ValueError(f"space key {key!r} is not a stage1.* key")
             if isinstance(spec, list):
                 values = spec
@@ -120,12 +73,19 @@ class TuneSection(_Section):
                 raise ValueError(f"space {key}: expected a list of values or one of {sorted(_SAMPLERS)}")
             if not values:
                 raise ValueError(f"space {key}: no values")
-            for value in values:  # every candidate must be a valid stage1 value
-                try:
-                    Stage1Config.model_validate({field: value})
-                except ValidationError as e:
-                    raise ValueError(f"space {key}: {value!r}: {e.errors()[0]['msg']}") from None
         return self
+
+    def check_values(self, stage1: type[Stage1Config]) -> None:
+        """Every key names a field of the modality's stage-1 section and every candidate is valid."""
+        for key, spec in self.space.items():
+            field = key.partition(".")[2]
+            if field not in stage1.model_fields:
+                raise ValueError(f"tune: space key {key!r} is not a stage1.* key")
+            for value in spec if isinstance(spec, list) else next(iter(spec.values())):
+                try:
+                    stage1.model_validate({field: value})
+                except ValidationError as e:
+                    raise ValueError(f"tune: space {key}: {value!r}: {e.errors()[0]['msg']}") from None
 
 
 class Settings(_Section):
@@ -136,10 +96,11 @@ class Settings(_Section):
     data: SerializeAsAny[modalities.DataSection]
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
-    stage1: Stage1Config = Stage1Config()
+    # stage1, stage2 and sample take the modality's classes (its own fields beside the shared ones)
+    stage1: SerializeAsAny[Stage1Config] = Field(default_factory=dict, validate_default=True)
     codes: CodesConfig = CodesConfig()
-    stage2: Stage2Config = Stage2Config()
-    sample: SampleConfig = SampleConfig()
+    stage2: SerializeAsAny[Stage2Config] = Field(default_factory=dict, validate_default=True)
+    sample: SerializeAsAny[SampleConfig] = Field(default_factory=dict, validate_default=True)
     tune: TuneSection = TuneSection()
 
     @field_validator("data", mode="before")
@@ -155,6 +116,15 @@ class Settings(_Section):
         except ValueError as e:
             raise ValueError(f"modality: {e}") from None
         return modality.DataConfig.model_validate({**value, "modality": name})
+
+    @field_validator("stage1", "stage2", "sample", mode="before")
+    @classmethod
+    def _modality_sections(cls, value: Any, info: ValidationInfo) -> Any:
+        data = info.data.get("data")
+        if data is None or not isinstance(value, dict):
+            return value
+        section = {"stage1": "Stage1Config", "stage2": "Stage2Config", "sample": "SampleConfig"}[info.field_name]
+        return getattr(modalities.get(data.modality), section).model_validate(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -177,6 +147,7 @@ class Settings(_Section):
         # Every trial's config must be valid before the search starts, not minutes into it.
         if (info.context or {}).get("trial"):
             return self
+        self.tune.check_values(type(self.stage1))
         for key, spec in self.tune.space.items():
             for value in spec if isinstance(spec, list) else spec.get("choice", [None]):
                 params = {} if value is None else {key: value}

@@ -59,19 +59,21 @@ def sample(settings: Settings) -> str:
         raise UserError(f"{prior_uri} was trained on the codes of {wanted[0]} v{wanted[1]}, but the decoder is "
                         f"{vqvae_uri}: train a prior on its codes (jobs/dump_codes.py, jobs/stage2.py) "
                         f"or set sample.prior")
-    shape = meta.get("latent_shape") or meta.get("grid_shape")  # grid_shape: priors before 2026-11-26
-    if not shape:
-        raise UserError(f"{prior_uri}: its codes vary in shape and its config.json gives no latent_shape to sample")
-
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     prior = tracking.load_prior(prior_uri, device)
     vqvae = tracking.load_vqvae(vqvae_uri, device)
     s = settings.sample
+    shape = meta.get("latent_shape") or meta.get("grid_shape")  # grid_shape: priors before 2026-11-26
+    if not shape:  # codes of varying shape (utterances): the modality says how long a sample is
+        shape = settings.modality.sample_latent_shape(settings.data, s, vqvae.input_dims_per_code)
+    if not shape:
+        raise UserError(f"{prior_uri}: its codes vary in shape and its config.json gives no latent_shape to sample")
     cond, count, groups = sampling_plan(prior_cond(meta), s.per_class)
     generator = torch.Generator().manual_seed(s.seed)
     codes = prior.sample(cond, shape=tuple(shape), temperature=s.temperature, generator=generator,
                          num_samples=count)
+    torch.manual_seed(s.seed)  # decoders that sample (WaveNet) draw from the global generator
     with torch.no_grad():
         cond_dev = None if cond is None else {k: v.to(device) for k, v in cond.items()}
         x = vqvae.decode_indices(codes.to(device), cond_dev).float().cpu()
@@ -79,7 +81,8 @@ def sample(settings: Settings) -> str:
     rows = [list(x[bounds[i]:bounds[i + 1]]) for i in range(len(groups))]
 
     os.makedirs(settings.samples_dir, exist_ok=True)
-    paths = settings.modality.write(rows, os.path.join(settings.samples_dir, f"samples-{prior_info['version']}"))
+    paths = settings.modality.write(rows, os.path.join(settings.samples_dir, f"samples-{prior_info['version']}"),
+                                    settings.data)
     seconds = time.perf_counter() - start
     tags = {"stage": "sample", "prior_name": prior_info["name"], "prior_version": prior_info["version"],
             "vqvae_name": vqvae_info["name"], "vqvae_version": vqvae_info["version"]}

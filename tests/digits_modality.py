@@ -66,7 +66,7 @@ class Digits(Modality):
     def sample_shape(self, data: DigitsData) -> tuple[int, ...]:
         return (data.size, data.size)
 
-    def build_autoencoder(self, stage1, data: DigitsData):
+    def build_autoencoder(self, stage1, data: DigitsData, cond):
         from pipeline.models.vqvae import VQVAE
 
         return VQVAE(in_channels=1, spatial_dims=2, hidden=stage1.hidden, num_res_blocks=stage1.num_res_blocks,
@@ -80,14 +80,15 @@ class Digits(Modality):
         return GatedPixelCNN(codebook_size=codebook_size, num_classes=0, hidden=stage2.hidden,
                              num_layers=stage2.num_layers, kernel_size=stage2.kernel_size)
 
-    def val_sums(self, batch: Batch, recon: torch.Tensor) -> dict[str, float]:
+    def val_sums(self, batch: Batch, out) -> dict[str, float]:
+        recon = out.recon
         return {"sq_err": (recon.float() - batch.x).square().sum().item(), "dims": float(batch.x.numel())}
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         mse = sums["sq_err"] / sums["dims"]
         return {"val_mse": mse, "val_psnr": psnr(mse), "val_recon_bits_per_dim": gaussian_bits_per_dim(mse)}
 
-    def write(self, groups: list[list[torch.Tensor]], path_stem: str) -> list[str]:
+    def write(self, groups: list[list[torch.Tensor]], path_stem: str, data) -> list[str]:
         rows = [torch.cat(list(g), dim=2)[0] for g in groups]  # each group side by side, groups stacked
         pixels = torch.cat(rows, dim=0).add(0.5).clamp(0, 1).mul(255).round().byte().numpy()
         path, tmp = f"{path_stem}.png", f"{path_stem}.tmp.png"

@@ -107,10 +107,15 @@ def _decoder(modality: Modality, skips: SkipCounter):
     return sample
 
 
+def _identity(item):
+    return item
+
+
 def train_batches(urls: list[str], batch_size: int, seed: int, rank: int, modality: Modality,
-                  skips: SkipCounter, shuffle_buffer: int = 2000) -> Iterator:
+                  skips: SkipCounter, shuffle_buffer: int = 2000, view=_identity) -> Iterator:
     """Endless shuffled Batches; a different stream per rank and seed. Raises NoSamples when the
-    shards yield nothing for a bounded while (drawing with replacement would otherwise spin)."""
+    shards yield nothing for a bounded while (drawing with replacement would otherwise spin).
+    `view` maps each Item before batching (a random crop of an utterance)."""
     skips.max_empty_draws = max(100, 10 * len(urls))
     return iter(wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed * 7919 + rank, deterministic=True, worker_seed=lambda: rank),
@@ -120,12 +125,13 @@ def train_batches(urls: list[str], batch_size: int, seed: int, rank: int, modali
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 500), rng=random.Random(seed * 31 + rank)),
         wds.map(_decoder(modality, skips)),
         wds.select(lambda s: s is not None),
+        wds.map(view),
         wds.batched(batch_size, collation_fn=modality.collate, partial=False),
     ))
 
 
 def eval_batches(urls: list[str], batch_size: int, rank: int, world: int, modality: Modality,
-                 skips: SkipCounter) -> Iterator:
+                 skips: SkipCounter, view=_identity) -> Iterator:
     """Each sample of this rank's shards once, in a fixed order."""
     mine = urls[rank::world]
     if not mine:
@@ -135,5 +141,6 @@ def eval_batches(urls: list[str], batch_size: int, rank: int, world: int, modali
         wds.tarfile_to_samples(handler=skips.handler),
         wds.map(_decoder(modality, skips)),
         wds.select(lambda s: s is not None),
+        wds.map(view),
         wds.batched(batch_size, collation_fn=modality.collate, partial=True),
     ))

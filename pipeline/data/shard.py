@@ -46,7 +46,7 @@ def write_shard(task: dict, *, data: dict, out: str) -> dict:
     config = modality.DataConfig.model_validate(data)
     fs_in, _ = fsx.filesystem(config.root)
     fs_out, out_base = fsx.filesystem(out)
-    buf, skipped, samples, notes = io.BytesIO(), [], 0, collections.Counter()
+    buf, skipped, samples, notes, stats = io.BytesIO(), [], 0, collections.Counter(), collections.Counter()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for raw in json.loads(task["items"]):
             item = RawItem(**raw)
@@ -56,6 +56,7 @@ def write_shard(task: dict, *, data: dict, out: str) -> dict:
                 example = modality.preprocess(fsx.read_bytes(fs_in, item.path), item, config)
                 members = modality.to_members(example)
                 notes.update(modality.notes(example))
+                stats.update(modality.tally(example))
             except SkipSample as e:
                 skipped.append({"path": item.path, "reason": str(e)})
                 continue
@@ -69,7 +70,8 @@ def write_shard(task: dict, *, data: dict, out: str) -> dict:
     relative = f"{task['split']}/{shard_name(task['split'], task['index'])}"
     fsx.write_atomic(fs_out, f"{out_base}/{relative}", data)
     return {"split": task["split"], "index": task["index"], "path": relative, "samples": samples,
-            "sha256": hashlib.sha256(data).hexdigest(), "skipped": json.dumps(skipped), "notes": json.dumps(notes)}
+            "sha256": hashlib.sha256(data).hexdigest(), "skipped": json.dumps(skipped), "notes": json.dumps(notes),
+            "stats": json.dumps(stats)}
 
 
 def unique_keys(items: list[RawItem]) -> list[str]:
@@ -133,7 +135,8 @@ def source_identity(listing, data) -> dict:
     digest = hashlib.sha256()
     for split in SPLITS:
         for item in listing.splits.get(split, []):
-            digest.update(json.dumps([split, item.key, item.path, item.cond, item.skip]).encode() + b"\n")
+            fields = [split, item.key, item.path, item.cond, item.skip] + ([item.meta] if item.meta else [])
+            digest.update(json.dumps(fields).encode() + b"\n")
     return {"listing_sha256": digest.hexdigest(), "data": _data_identity(data)}
 
 
@@ -216,7 +219,9 @@ def _shard_dataset(settings: Settings) -> dict:
         "source": source_identity(listing, data),
         "splits": {
             s: {"samples": sum(r["samples"] for r in results if r["split"] == s),
-                "shards": [{k: r[k] for k in ("path", "samples", "sha256")} for r in results if r["split"] == s]}
+                "shards": [{k: r[k] for k in ("path", "samples", "sha256")} for r in results if r["split"] == s],
+                # the modality's additive figures (hours, per speaker, ...), when it has any
+                **_summed_stats([r for r in results if r["split"] == s])}
             for s in SPLITS
         },
         "skipped": listing.skipped + [item for r in results for item in json.loads(r["skipped"])],
@@ -227,6 +232,13 @@ def _shard_dataset(settings: Settings) -> dict:
     seconds = time.perf_counter() - start
     manifest_summary(manifest, data.name, seconds, out)
     return manifest
+
+
+def _summed_stats(results: list[dict]) -> dict:
+    total: collections.Counter = collections.Counter()
+    for r in results:
+        total.update(json.loads(r["stats"]))
+    return {"stats": {k: round(v, 6) for k, v in sorted(total.items())}} if total else {}
 
 
 def manifest_summary(manifest: dict, name: str, seconds: float, out: str) -> None:

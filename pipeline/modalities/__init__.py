@@ -11,7 +11,7 @@ shard, training, codes and sampling code asks the modality and never branches on
     members = modality.to_members(modality.preprocess(raw_bytes, item, settings.data))
     item = modality.from_members(members)         # Item(x, cond) as the model sees it
     batch = modality.collate([item, ...])         # Batch(x, cond, mask)
-    model = modality.build_autoencoder(settings.stage1, settings.data)
+    model = modality.build_autoencoder(settings.stage1, settings.data, listing.cond)
 
 A modality outside this package (a plugin, or one a test defines) is named by its import path,
 `data.modality: mypackage.speech:MODALITY`; importing it registers it. Training and codes run in
@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.sections import Section
+from pipeline.sections import SampleConfig, Section, Stage1Config, Stage2Config
 
 # ---- what stages exchange ------------------------------------------------------------------------
 
@@ -56,11 +56,13 @@ class CondSpec:
 @dataclass(frozen=True)
 class RawItem:
     """One raw input of a split: where it is, its conditioning ids, its sample key (unique, no
-    dots), and a reason when it is known up front that it cannot be used."""
+    dots), a reason when it is known up front that it cannot be used, and what else the listing
+    knows of it that the sample keeps (a transcript, a speaker's name)."""
     key: str
     path: str
     cond: dict[str, Any] = field(default_factory=dict)
     skip: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +122,11 @@ class Modality:
 
     name: ClassVar[str]
     DataConfig: ClassVar[type[DataSection]] = DataSection
+    # The stage sections, subclassed by a modality that has its own fields or defaults (speech:
+    # the WaveNet's sizes, the training crop; sample: the length of a sampled utterance).
+    Stage1Config: ClassVar[type[Stage1Config]] = Stage1Config
+    Stage2Config: ClassVar[type[Stage2Config]] = Stage2Config
+    SampleConfig: ClassVar[type[SampleConfig]] = SampleConfig
     # The metric stage 1 registers models on and Ray Tune searches on (lower is better), and the
     # run metrics `jobs/models.py` shows beside it.
     selection_metric: ClassVar[str] = "val_loss"
@@ -145,6 +152,11 @@ class Modality:
         """The whole tar schema of one sample: extension -> bytes (conditioning included)."""
         raise NotImplementedError
 
+    def tally(self, example: Any) -> dict[str, float]:
+        """Additive figures of a kept example (hours of speech, per speaker, ...): the shard
+        manifest holds their sums per split."""
+        return {}
+
     # read -------------------------------------------------------------------
     def from_members(self, members: dict[str, bytes]) -> Item:
         """A sample's tar members -> Item; raises on a corrupt sample (the readers skip and count it)."""
@@ -156,21 +168,29 @@ class Modality:
         cond = {k: torch.as_tensor([it.cond[k] for it in items], dtype=torch.long) for k in items[0].cond}
         return Batch(x, cond, None, [it.key for it in items])
 
+    def crop(self, item: Item, stage1: Stage1Config, rng) -> Item:
+        """What stage 1 trains on (rng: a random.Random) and validates on (rng None) of a sample:
+        the whole of it here; a random segment of an utterance for speech."""
+        return item
+
     def sample_shape(self, data: DataSection) -> tuple[int, ...] | None:
         """The spatial shape of every sample, when it is fixed (checked against the model's
         downsampling before training starts); None when lengths vary."""
         return None
 
     # models -----------------------------------------------------------------
-    def build_autoencoder(self, stage1, data: DataSection) -> torch.nn.Module:
+    def build_autoencoder(self, stage1, data: DataSection, cond: dict[str, CondSpec]) -> torch.nn.Module:
+        """The stage-1 model; `cond` is the conditioning the shards carry (a speaker-conditioned
+        decoder needs the number of speakers)."""
         raise NotImplementedError
 
     def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec]) -> torch.nn.Module:
         raise NotImplementedError
 
     # scoring and writing ----------------------------------------------------------
-    def val_sums(self, batch: Batch, recon: Tensor) -> dict[str, float]:
-        """Additive sums of one validation batch (summed over batches and ranks)."""
+    def val_sums(self, batch: Batch, out: Any) -> dict[str, float]:
+        """Additive sums of one validation batch (summed over batches and ranks); `out` is the
+        autoencoder's output on it (its reconstruction, or its decoder's NLL)."""
         raise NotImplementedError
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
@@ -179,11 +199,24 @@ class Modality:
         dimension, which stage 2 adds to the prior's bits to give the model's bits per dim."""
         raise NotImplementedError
 
-    def write(self, groups: list[list[Tensor]], path_stem: str) -> list[str]:
+    def shown_length(self, stage1: Stage1Config, data: DataSection) -> int | None:
+        """Positions of a validation sample shown beside its reconstruction (None: all of it)."""
+        return None
+
+    def sample_latent_shape(self, data: DataSection, sample: SampleConfig, dims_per_code: int) -> tuple[int, ...] | None:
+        """The code shape to sample when the codes vary in shape (None: they do not)."""
+        return None
+
+    def write(self, groups: list[list[Tensor]], path_stem: str, data: DataSection) -> list[str]:
         """Groups of model-space samples (each (C, *spatial), lengths may differ) -> files a person
         opens at `path_stem` + an extension: originals above their reconstructions, or one group
         per class. Written atomically; returns the paths, the main one first."""
         raise NotImplementedError
+
+    def evaluate_model(self, settings, model_uri: str) -> dict:
+        """Scores beyond validation's, computed once stage 1 registered the model at `model_uri`
+        and logged on its MLflow run (speech: voice conversion). None here."""
+        return {}
 
     def make_demo(self, data: DataSection) -> dict:
         """Small real demo data at `data.root`, made offline (jobs/pipeline.py, `data.make_demo`);
@@ -194,7 +227,7 @@ class Modality:
 # ---- the registry --------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Modality] = {}
-_BUILTIN = {"image": "pipeline.modalities.image"}
+_BUILTIN = {"image": "pipeline.modalities.image", "speech": "pipeline.modalities.speech"}
 DEFAULT = "image"  # what a config without data.modality means
 
 

@@ -186,7 +186,7 @@ class ImageModality(Modality):
     def sample_shape(self, data: ImageData) -> tuple[int, ...]:
         return (data.image_size, data.image_size)
 
-    def build_autoencoder(self, stage1, data: ImageData):
+    def build_autoencoder(self, stage1, data: ImageData, cond: dict[str, CondSpec]):
         from pipeline.models.vqvae import VQVAE
 
         return VQVAE(in_channels=CHANNELS, spatial_dims=2, hidden=stage1.hidden,
@@ -201,13 +201,13 @@ class ImageModality(Modality):
                              cond_key=COND, hidden=stage2.hidden, num_layers=stage2.num_layers,
                              kernel_size=stage2.kernel_size)
 
-    def val_sums(self, batch: Batch, recon: torch.Tensor) -> dict[str, float]:
-        return {"sq_err": (recon.float() - batch.x).square().sum().item(), "dims": float(batch.x.numel())}
+    def val_sums(self, batch: Batch, out) -> dict[str, float]:
+        return {"sq_err": (out.recon.float() - batch.x).square().sum().item(), "dims": float(batch.x.numel())}
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return mse_metrics(sums)
 
-    def write(self, groups: list[list[torch.Tensor]], path_stem: str) -> list[str]:
+    def write(self, groups: list[list[torch.Tensor]], path_stem: str, data: ImageData) -> list[str]:
         return write_grid(groups, path_stem)
 
     def make_demo(self, data: ImageData) -> dict:

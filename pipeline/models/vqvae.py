@@ -168,3 +168,10 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode_indices(self, indices: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         return self.decoder(self.vq.embed(indices))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, cond: dict[str, Tensor] | None = None, mask: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
+        """x through the codes and back, never touching the codebook (`generator` is for
+        decoders that sample)."""
+        return self.decode_indices(self.encode(x, cond), cond)

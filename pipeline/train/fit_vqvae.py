@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import tempfile
 
 import torch
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
-from pipeline.data.shard import manifest_digest
+from pipeline.data.shard import load_manifest, manifest_digest, shard_cond
 from pipeline.data.reader import NO_SAMPLES, NoSamples, SkipCounter, eval_batches, shard_urls, train_batches
+from pipeline.modalities import CondSpec
 from pipeline.models.metrics import perplexity
 from pipeline.train.common import RankZeroMlflow, all_reduce_sum, sum_over_ranks
 from pipeline.train.driver import run_name as _run_name
@@ -33,8 +35,13 @@ from pipeline.train.loop import Task, train_loop
 SHOWN = 8  # validation samples shown beside their reconstructions
 
 
-def build_model(settings: Settings) -> torch.nn.Module:
-    return settings.modality.build_autoencoder(settings.stage1, settings.data)
+def build_model(settings: Settings, manifest: dict | None = None) -> torch.nn.Module:
+    """The modality's autoencoder for the conditioning the shards carry (read from their manifest
+    when not given; none before sharding)."""
+    if manifest is None:
+        manifest = load_manifest(settings.shards_dir) or {}
+    cond = {k: CondSpec.from_json(v) for k, v in shard_cond(manifest).items()}
+    return settings.modality.build_autoencoder(settings.stage1, settings.data, cond)
 
 
 def check_input_size(settings: Settings) -> None:
@@ -77,16 +84,18 @@ class VQVAETask(Task):
         self.settings, self.rank, self.world, self.device = settings, rank, world, device
         self.section = settings.stage1
         self.modality = settings.modality
-        _, self.train_urls = shard_urls(settings.shards_dir, "train")
+        self.manifest, self.train_urls = shard_urls(settings.shards_dir, "train")
         _, self.val_urls = shard_urls(settings.shards_dir, "val")
         self.skips = SkipCounter(f"the train shards of {settings.shards_dir}")
 
     def build(self):
-        return build_model(self.settings)
+        return build_model(self.settings, self.manifest)
 
     def batches(self, start: int):
         s = self.section
-        return train_batches(self.train_urls, s.batch_size, s.seed + start, self.rank, self.modality, self.skips)
+        rng = random.Random(s.seed * 7919 + start * 31 + self.rank)  # the crops differ per rank and resume
+        return train_batches(self.train_urls, s.batch_size, s.seed + start, self.rank, self.modality, self.skips,
+                             view=lambda item: self.modality.crop(item, s, rng))
 
     def train_logs(self) -> dict:
         return {"skipped_samples": self.skips.count}
@@ -101,48 +110,71 @@ class VQVAETask(Task):
         hist = torch.zeros(k, device=self.device, dtype=torch.float64)
         shown: dict = {}  # one (original, reconstruction) per class when there are classes
         skips = SkipCounter(f"the val shards of {self.settings.shards_dir}")
-        for batch in eval_batches(self.val_urls, self.section.batch_size, self.rank, self.world, self.modality, skips):
+        for batch in eval_batches(self.val_urls, self.section.batch_size, self.rank, self.world, self.modality, skips,
+                                  view=lambda item: self.modality.crop(item, self.section, None)):
             batch = batch.to(self.device)
             out = model(batch.x, batch.cond, batch.mask)
-            for name, value in self.modality.val_sums(batch, out.recon).items():
+            for name, value in self.modality.val_sums(batch, out).items():
                 sums[name] = sums.get(name, 0.0) + value
             sums["samples"] = sums.get("samples", 0.0) + len(batch)
             indices = out.vq.indices
             latent_mask = model.latent_mask(batch.mask, tuple(indices.shape[1:]))
             used = indices.flatten() if latent_mask is None else indices[latent_mask]
             hist += torch.bincount(used, minlength=k).double()
-            self._pick(shown, batch, out.recon)
+            if mlf.client is not None:
+                self._pick(shown, batch)
         sums = sum_over_ranks(sums)
         hist = all_reduce_sum(hist, self.device)
-        model.train()
         if not sums.get("samples"):
             raise NoSamples(f"{NO_SAMPLES} from the {len(self.val_urls)} val shards of {self.settings.shards_dir} "
                             f"(last error: {skips.last_error or 'none'}); re-run jobs/shard.py with --set overwrite=true")
         sums["latent_bits"] = hist.sum().item() * math.log2(k)  # the uniform prior's bits (KL = log K)
         metrics = {**self.modality.metrics(sums), "perplexity": perplexity(hist.cpu()),
                    "codebook_usage": (hist > 0).double().mean().item()}
-        self._log_pictures(mlf, step, shown, hist.cpu(), final)
+        self._log_pictures(mlf, step, shown, hist.cpu(), final, model)
+        model.train()
         return metrics
 
-    def _pick(self, shown: dict, batch, recon) -> None:
-        """Up to SHOWN samples to show: one per class of the first class-like conditioning."""
+    def _pick(self, shown: dict, batch) -> None:
+        """Up to SHOWN samples to show (the first `shown_length` positions of each): one per class
+        of the first class-like conditioning."""
         labels = next((v for v in batch.cond.values() if v.dim() == 1), None)
+        length = self.modality.shown_length(self.section, self.settings.data)
         for i in range(len(batch)):
             if len(shown) >= SHOWN:
                 return
             which = int(labels[i]) if labels is not None else len(shown)
             if which not in shown:
-                m = None if batch.mask is None else batch.mask[i]
-                shown[which] = (_crop(batch.x[i], m).cpu(), _crop(recon[i].float(), m).cpu())
+                x = _crop(batch.x[i], None if batch.mask is None else batch.mask[i])
+                if length is not None:
+                    x = x[..., :length]
+                shown[which] = (x, {k: v[i:i + 1] for k, v in batch.cond.items()})
 
-    def _log_pictures(self, mlf: RankZeroMlflow, step: int, shown: dict, hist, final: bool) -> None:
+    def _reconstruct(self, model, shown: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(original, reconstruction) of every shown sample: in one batch when they have one
+        shape, else one at a time."""
+        generator = torch.Generator(device=self.device).manual_seed(self.section.seed)
+        items = [shown[c] for c in sorted(shown)]
+        if len({tuple(x.shape) for x, _ in items}) == 1:
+            groups = [items]
+        else:
+            groups = [[item] for item in items]
+        pairs = []
+        for group in groups:
+            x = torch.stack([x for x, _ in group])
+            cond = {k: torch.cat([c[k] for _, c in group]) for k in group[0][1]}
+            recon = model.reconstruct(x, cond, None, generator=generator).float()
+            pairs += [(a.cpu(), b.cpu()) for a, b in zip(x, recon)]
+        return pairs
+
+    def _log_pictures(self, mlf: RankZeroMlflow, step: int, shown: dict, hist, final: bool, model) -> None:
         if mlf.client is None or not shown:
             return
         folder = tempfile.mkdtemp(prefix="stage1-art-")
-        pairs = [shown[c] for c in sorted(shown)]
+        pairs = self._reconstruct(model, shown)
         # first group: originals; second: their reconstructions
         for path in self.modality.write([[a for a, _ in pairs], [b for _, b in pairs]],
-                                        os.path.join(folder, f"step_{step:07d}")):
+                                        os.path.join(folder, f"step_{step:07d}"), self.settings.data):
             mlf.artifact(path, "reconstructions")
         if final:
             _log_usage(mlf, folder, hist)
@@ -189,8 +221,13 @@ def train_vqvae(settings: Settings) -> dict:
                 f"{done['name']} v{done['version']}{' (champion)' if done['promoted'] else ''}; "
                 f"MLflow run {done['run_id']}")
 
-    return train_and_register(
+    done = train_and_register(
         settings, stage="stage1", name=run_name(settings), registered=settings.vqvae_name, lineage=lineage,
         loop=train_loop_per_worker, loop_config={}, max_failures=settings.stage1.max_failures,
         build=lambda: build_model(settings), metric=modality.selection_metric, key_metrics=modality.key_metrics,
         version_tags=version_tags, summary=summary)
+    scores = modality.evaluate_model(settings, f"models:/{done['name']}/{done['version']}")
+    if scores:
+        print(f"stage1 {settings.data.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())),
+              flush=True)
+    return done

@@ -1,0 +1,282 @@
+"""Voice conversion with the speech VQ-VAE: encode an utterance, decode its codes with another
+speaker's embedding (van den Oord et al. 2017, section 4.3).
+
+    python jobs/convert.py --config configs/demo-speech.yaml --source p901_003 --speaker p905
+    python jobs/convert.py --config configs/demo-speech.yaml --source my.wav --speaker p905
+    python jobs/convert.py --config configs/demo-speech.yaml --evaluate
+
+`--source` is a val utterance's key or an audio file; the result is
+`<workdir>/conversions/<source>-to-<speaker>.wav` beside a picture of the log-mel spectrograms of
+source, conversion and a real utterance of the target speaker, also logged to MLflow.
+
+`--evaluate` (run at the end of stage 1 too) converts `sample.convert_per_speaker` val
+utterances of every trained speaker to `sample.convert_targets` other speakers each and logs, on
+the model's MLflow run:
+- conversion_speaker_fraction: the share of conversions whose speaker embedding (resemblyzer's
+  pretrained encoder) is closer to the target speaker's centroid than to the source speaker's.
+  Centroids come from the speakers' other val utterances, never from the converted ones.
+- conversion_mcd_to_source (dB): mel-cepstral distortion, DTW-aligned, between each conversion
+  and its source: the content kept;
+  reference_mcd_source_to_target: the same between the source and real utterances of the target
+  speaker (other sentences): what "different content, target voice" scores. The first should be
+  clearly lower.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Settings
+from pipeline.errors import UserError
+
+SPEAKER = "speaker"
+FRACTION = "conversion_speaker_fraction"
+
+
+# ---- scores ------------------------------------------------------------------------------------------
+
+
+def mel_cepstrum(x: np.ndarray, rate: int, order: int = 24) -> np.ndarray:
+    """(frames, order) mel-cepstral coefficients c1..c_order: the orthonormal DCT of the dB log-mel
+    spectrum (25 ms windows, 10 ms hop), so that the Euclidean distance below is MCD in dB."""
+    import scipy.fft
+
+    from pipeline.modalities.speech import log_mel
+
+    mel_db = log_mel(x, rate, n_mels=40)  # (n_mels, frames), 10 log10 power
+    cep = scipy.fft.dct(mel_db, type=2, norm="ortho", axis=0)[1:order + 1]
+    return cep.T
+
+
+def mcd(a: np.ndarray, b: np.ndarray, rate: int) -> float:
+    """Mel-cepstral distortion in dB between two waveforms, along their DTW alignment:
+    mean over aligned frames of sqrt(2 * sum_d (c_d - c'_d)^2), with c in dB units (the usual
+    10 / ln 10 factor is in the dB log-mel)."""
+    import librosa
+
+    ca, cb = mel_cepstrum(a, rate), mel_cepstrum(b, rate)
+    cost = np.sqrt(2.0 * ((ca[:, None, :] - cb[None, :, :]) ** 2).sum(-1))
+    _, path = librosa.sequence.dtw(C=cost)
+    return float(cost[path[:, 0], path[:, 1]].mean())
+
+
+class SpeakerEncoder:
+    """resemblyzer's pretrained speaker encoder (its weights ship in its wheel: no download)."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # webrtcvad's pkg_resources deprecation
+            from resemblyzer import VoiceEncoder, preprocess_wav
+        self._preprocess = preprocess_wav
+        self.encoder = VoiceEncoder("cpu", verbose=False)
+
+    def embed(self, x: np.ndarray, rate: int) -> np.ndarray:
+        wav = self._preprocess(x.astype(np.float32), source_sr=rate)
+        if len(wav) < 1600:  # resemblyzer's VAD can trim a short clip to nothing: keep it whole
+            import librosa
+
+            wav = librosa.resample(x.astype(np.float32), orig_sr=rate, target_sr=16000)
+        return self.encoder.embed_utterance(wav)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+# ---- conversion --------------------------------------------------------------------------------------
+
+
+def convert_batch(model, sources: list[np.ndarray], speakers: list[int], device, seed: int = 0) -> list[np.ndarray]:
+    """Each source waveform's codes decoded with the given speaker id, all in one batched
+    generation; each result as long as its codes cover (a multiple of 64 samples)."""
+    import torch
+
+    codes, lengths = [], []
+    for x in sources:
+        c = model.encode(torch.from_numpy(np.ascontiguousarray(x, np.float32)).view(1, 1, -1).to(device))[0]
+        codes.append(c)
+        lengths.append(c.shape[0])
+    batch = torch.zeros(len(codes), max(lengths), dtype=torch.long, device=device)
+    for i, c in enumerate(codes):
+        batch[i, :len(c)] = c
+        batch[i, len(c):] = c[-1]  # past its end a row is cropped away; any code will do
+    generator = torch.Generator(device=device).manual_seed(seed)
+    cond = {SPEAKER: torch.as_tensor(speakers, device=device)}
+    wav = model.decode_indices(batch, cond, generator=generator)[:, 0].float().cpu().numpy()
+    return [wav[i, :n * model.hop] for i, n in enumerate(lengths)]
+
+
+def _val_utterances(settings: Settings) -> tuple[dict[int, list[tuple[str, np.ndarray]]], list[str], set[str]]:
+    """{speaker id: [(key, waveform)]} of the val shards, the speaker names, the held-out names."""
+    from pipeline.data.reader import SkipCounter, eval_batches, shard_urls
+
+    manifest, urls = shard_urls(settings.shards_dir, "val")
+    names = manifest["cond"][SPEAKER]["names"]
+    held = {row["id"] for row in manifest.get("speakers", []) if row.get("held_out")}
+    found: dict[int, list[tuple[str, np.ndarray]]] = defaultdict(list)
+    skips = SkipCounter(f"the val shards of {settings.shards_dir}")
+    for batch in eval_batches(urls, 1, 0, 1, settings.modality, skips):
+        found[int(batch.cond[SPEAKER][0])].append((batch.keys[0], batch.x[0, 0].numpy()))
+    return found, names, held
+
+
+def evaluate(settings: Settings, model, device="cpu", out_dir: str | None = None) -> tuple[dict, list[str]]:
+    """The conversion scores (see the module's doc) and the files showing a few conversions."""
+    rate, s = settings.data.sample_rate, settings.sample
+    found, names, held = _val_utterances(settings)
+    trained = [spk for spk in sorted(found) if names[spk] not in held and len(found[spk]) >= 2]
+    if len(trained) < 2:
+        raise UserError(f"{settings.shards_dir}: voice conversion is scored on speakers with 2+ val utterances; "
+                        f"{len(trained)} have them (raise data.val_fraction)")
+    rng = random.Random(s.seed)
+    per = s.convert_per_speaker
+    limit = int(s.convert_seconds * rate)
+    jobs = []  # (source speaker, key, waveform, target speaker)
+    for spk in trained:
+        per_here = min(per, len(found[spk]) - 1)  # keep 1+ utterance for the speaker's centroid
+        others = [t for t in trained if t != spk]
+        for key, x in found[spk][:per_here]:
+            for target in rng.sample(others, min(s.convert_targets, len(others))):
+                jobs.append((spk, key, x[:limit], target))
+    references = {spk: [x[:limit] for _, x in found[spk][min(per, len(found[spk]) - 1):]] for spk in trained}
+
+    start = time.perf_counter()
+    converted = convert_batch(model, [j[2] for j in jobs], [j[3] for j in jobs], device, seed=s.seed)
+    seconds = time.perf_counter() - start
+
+    encoder = SpeakerEncoder()
+    centroid = {spk: _unit(np.mean([_unit(encoder.embed(x, rate)) for x in refs], axis=0))
+                for spk, refs in references.items()}
+    closer, mcd_conv, mcd_ref = [], [], []
+    for (src, _, x, tgt), y in zip(jobs, converted):
+        e = _unit(encoder.embed(y, rate))
+        closer.append(float(e @ centroid[tgt] > e @ centroid[src]))
+        mcd_conv.append(mcd(y, x[:len(y)], rate))
+        mcd_ref.append(float(np.mean([mcd(x, r, rate) for r in references[tgt][:3]])))
+    metrics = {FRACTION: float(np.mean(closer)), "conversion_mcd_to_source": float(np.mean(mcd_conv)),
+               "reference_mcd_source_to_target": float(np.mean(mcd_ref)), "conversions": float(len(jobs)),
+               "conversion_samples_per_s": sum(len(y) for y in converted) / max(seconds, 1e-9)}
+    files: list[str] = []
+    if out_dir is not None:
+        import torch
+
+        os.makedirs(out_dir, exist_ok=True)
+        shown = list(zip(jobs, converted))[:6]
+        rows = [[torch.from_numpy(x[:len(y)]).view(1, -1), torch.from_numpy(y).view(1, -1),
+                 torch.from_numpy(references[tgt][0]).view(1, -1)] for (src, key, x, tgt), y in shown]
+        files = settings.modality.write(rows, os.path.join(out_dir, "conversions"), settings.data)
+    return metrics, files
+
+
+def evaluate_and_log(settings: Settings, model_uri: str, force: bool = False) -> dict:
+    """Score the model at `model_uri` and log the scores and pictures on its MLflow run; a run
+    that holds them already is not scored again unless `force`."""
+    import tempfile
+
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    tracking.setup_tracking(settings.tracking_uri, settings.experiment)
+    info = tracking.resolve(model_uri)
+    run = MlflowClient().get_run(info["run_id"])
+    if FRACTION in run.data.metrics and not force:
+        return {k: v for k, v in run.data.metrics.items() if k.startswith(("conversion", "reference_mcd"))}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = tracking.load_vqvae(f"models:/{info['name']}/{info['version']}", device)
+    folder = tempfile.mkdtemp(prefix="convert-eval-")
+    metrics, files = evaluate(settings, model, device, folder)
+    with mlflow.start_run(run_id=info["run_id"]):
+        mlflow.log_metrics(metrics)
+        for path in files:
+            mlflow.log_artifact(path, "conversions")
+    return metrics
+
+
+# ---- one conversion -----------------------------------------------------------------------------------
+
+
+def _source(settings: Settings, source: str) -> tuple[str, np.ndarray]:
+    from pipeline.modalities import SkipSample
+    from pipeline.modalities.speech import read_audio, resample, trim_silence
+
+    data = settings.data
+    if os.path.isfile(source):
+        try:
+            audio, rate = read_audio(Path(source).read_bytes())
+        except SkipSample as e:
+            raise UserError(f"{source}: {e}") from None
+        if rate < data.sample_rate:
+            raise UserError(f"{source}: sample rate {rate} Hz is below data.sample_rate {data.sample_rate} Hz")
+        x = resample(audio.mean(axis=1), rate, data.sample_rate)
+        if data.trim_silence:
+            x = trim_silence(x, data.sample_rate, data.trim_db)
+        return Path(source).stem, x
+    found, _, _ = _val_utterances(settings)
+    for utterances in found.values():
+        for key, x in utterances:
+            if key == source:
+                return key, x
+    some = sorted(k for u in found.values() for k, _ in u)[:5]
+    raise UserError(f"--source {source!r} is neither a file nor the key of a val utterance (e.g. {', '.join(some)})")
+
+
+def _speaker_id(settings: Settings, speaker: str) -> tuple[int, str]:
+    from pipeline.data.reader import shard_urls
+
+    manifest, _ = shard_urls(settings.shards_dir, "train")
+    names = manifest["cond"][SPEAKER]["names"]
+    if speaker in names:
+        return names.index(speaker), speaker
+    if speaker.isdigit() and int(speaker) < len(names):
+        return int(speaker), names[int(speaker)]
+    raise UserError(f"--speaker {speaker!r}: not a speaker of {settings.data.name} "
+                    f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+
+
+def convert(settings: Settings, source: str, speaker: str, out: str | None = None) -> str:
+    import mlflow
+    import torch
+
+    from pipeline import tracking
+
+    if settings.data.modality != "speech":
+        raise UserError(f"voice conversion needs a speech model; data.modality is {settings.data.modality!r}")
+    experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)
+    target, target_name = _speaker_id(settings, speaker)
+    key, x = _source(settings, source)
+    info = tracking.resolve(settings.codes.model or settings.vqvae_champion)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = tracking.load_vqvae(f"models:/{info['name']}/{info['version']}", device)
+    if len(x) < model.hop:
+        raise UserError(f"--source {source}: {len(x)} samples, shorter than one code ({model.hop} samples)")
+    start = time.perf_counter()
+    (y,) = convert_batch(model, [x], [target], device, seed=settings.sample.seed)
+    seconds = time.perf_counter() - start
+    folder = out or os.path.join(settings.workdir, "conversions")
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.join(folder, f"{key}-to-{target_name}")
+    from pipeline.modalities.speech import spectrogram_picture, write_wav
+
+    write_wav(f"{stem}.wav", y, settings.data.sample_rate)
+    found, _, _ = _val_utterances(settings)
+    reference = found.get(target, [("", np.zeros(0))])[0][1]
+    spectrogram_picture([[x[:len(y)], y, reference]], settings.data.sample_rate, f"{stem}.png",
+                        [f"{key} | to {target_name} | {target_name}"])
+    tags = {"stage": "convert", "vqvae_name": info["name"], "vqvae_version": info["version"]}
+    with tracking.start_run(experiment_id, f"convert-{key}-to-{target_name}", tags=tags):
+        mlflow.log_params({"source": source, "speaker": target_name, "model": f"models:/{info['name']}/{info['version']}"})
+        mlflow.log_metric("seconds", seconds)
+        mlflow.log_artifact(f"{stem}.wav", "conversion")
+        mlflow.log_artifact(f"{stem}.png", "conversion")
+    print(f"convert: {key} in the voice of {target_name} -> {stem}.wav ({len(y) / settings.data.sample_rate:.1f} s "
+          f"in {seconds:.1f} s; spectrograms {stem}.png)", flush=True)
+    return f"{stem}.wav"

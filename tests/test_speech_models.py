@@ -1,0 +1,173 @@
+"""The speech models: WaveNet causality, cached generation, mu-law, 64x shapes, masks, learning."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.models.quantizer import VectorQuantizer
+from pipeline.models.speech import CodePrior, SpeechVQVAE
+from pipeline.models.wavenet import WaveNet, mu_law_decode, mu_law_encode
+
+
+def tiny_vqvae(**kw) -> SpeechVQVAE:
+    args = dict(num_speakers=2, hidden=16, codebook_size=16, code_dim=8, speaker_dim=8, wavenet_channels=16,
+                wavenet_skip=16, wavenet_layers=6, wavenet_cycle=3, cond_channels=8)
+    return SpeechVQVAE(**{**args, **kw})
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_wavenet_output_at_t_sees_only_inputs_before_t(kernel_size):
+    torch.manual_seed(0)
+    net = WaveNet(num_classes=16, channels=8, skip_channels=8, num_layers=6, cycle=3, kernel_size=kernel_size,
+                  local_channels=4, global_channels=3)
+    x = torch.randint(0, 16, (2, 64))
+    e = net.embed(x).detach().requires_grad_(True)
+    logits = net.forward_embedded(e, torch.randn(2, 4, 64), torch.randn(2, 3))
+    t = 40
+    logits[:, :, t].sum().backward()
+    grad = e.grad.abs().sum(dim=(0, 1))
+    assert (grad[t:] == 0).all(), "the output at t depends on the input at t or later"
+    field = net.receptive_field  # how many inputs before t it reads
+    assert (grad[t - field:t] != 0).all() and (grad[:t - field] == 0).all()
+
+
+def test_wavenet_forward_scores_what_generation_draws():
+    """Teacher forcing and generation are one model: the logits generation draws from at step t
+    are forward()'s logits at t for the generated sequence."""
+    torch.manual_seed(1)
+    net = WaveNet(num_classes=8, channels=8, skip_channels=8, num_layers=4, cycle=2, global_channels=2).double()
+    glob = torch.randn(3, 2, dtype=torch.float64)
+    low = net.generate(30, None, glob, temperature=1e-4, generator=torch.Generator().manual_seed(0))
+    # at a low temperature the draw is the argmax of the logits forward() gives
+    agree = (net(low, None, glob).argmax(1) == low).double().mean()
+    assert agree == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cached_generation_gives_the_naive_samples_for_the_same_draws(dtype):
+    torch.manual_seed(2)
+    net = WaveNet(num_classes=32, channels=12, skip_channels=16, num_layers=7, cycle=4, kernel_size=2,
+                  local_channels=5, global_channels=3).to(dtype)
+    hop, steps = 4, 48
+    local, glob = torch.randn(3, 5, steps // hop, dtype=dtype), torch.randn(3, 3, dtype=dtype)
+    cached = net.generate(steps, local, glob, generator=torch.Generator().manual_seed(7), hop=hop)
+    naive = net.generate_naive(steps, local, glob, generator=torch.Generator().manual_seed(7), hop=hop)
+    assert cached.shape == (3, steps)
+    assert torch.equal(cached, naive)
+    other = net.generate(steps, local, glob, generator=torch.Generator().manual_seed(8), hop=hop)
+    assert not torch.equal(cached, other)  # the draws matter: the agreement above is not vacuous
+
+
+def test_mu_law_round_trip():
+    q = torch.arange(256)
+    assert torch.equal(mu_law_encode(mu_law_decode(q)), q)
+    x = torch.linspace(-1, 1, 20001)
+    err = (mu_law_decode(mu_law_encode(x)) - x).abs()
+    # the quantisation step grows with |x|: fine near 0, coarse near full scale
+    assert err[x.abs() < 0.01].max() < 3e-4 and err.max() < 0.035
+    assert mu_law_encode(torch.tensor([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
+
+
+@pytest.mark.parametrize("length", [64, 1001, 4095, 4097, 6399])
+def test_64x_fewer_codes_than_samples_for_any_length(length):
+    torch.manual_seed(0)
+    model = tiny_vqvae()
+    x = torch.rand(1, 1, length) * 0.2 - 0.1
+    codes = model.encode(x)
+    assert codes.shape == (1, length // 64) == (1, *model.latent_shape((length,)))
+    out = model(x, {"speaker": torch.tensor([1])})
+    assert out.vq.indices.shape == codes.shape and torch.isfinite(out.loss)
+    assert model.decode_indices(codes[:, :1], {"speaker": torch.tensor([0])}).shape == (1, 1, 64)
+    with pytest.raises(ValueError, match="shorter than one code"):
+        model.latent_shape((63,))
+
+
+def test_padding_changes_neither_the_loss_nor_the_quantizer():
+    """Masked positions: the loss, the EMA statistics and the usage ignore what the padding holds."""
+    torch.manual_seed(0)
+    a = tiny_vqvae(ema=True)
+    b = tiny_vqvae(ema=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 1, 1024) * 0.4 - 0.2
+    mask = torch.ones(2, 1024, dtype=torch.bool)
+    mask[1, 512:] = False
+    noisy = x.clone()
+    # other padding content, past the encoder's receptive field (190 samples) of the last real code
+    noisy[1, :, 768:] = torch.rand(256) * 2 - 1
+    cond = {"speaker": torch.tensor([0, 1])}
+    out_a, out_b = a(x, cond, mask), b(noisy, cond, mask)
+    assert torch.allclose(out_a.recon_loss, out_b.recon_loss, atol=1e-6)
+    assert out_a.samples.item() == 1024 + 512
+    for name in ("ema_count", "ema_sum", "embedding", "last_used"):
+        assert torch.equal(getattr(a.vq, name), getattr(b.vq, name)), name
+    # and the padding really was different input: without the mask the loss changes
+    assert not torch.allclose(a(x, cond).recon_loss, b(noisy, cond).recon_loss)
+
+
+def test_quantizer_mask_keeps_padded_vectors_out_of_its_statistics():
+    z = torch.randn(2, 4, 10, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[0, 6:] = False
+    far = z.clone()
+    far[0, :, 6:] = 100.0  # far from every code: it would pull one towards it if it counted
+    stats = []
+    for inputs in (z, far):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(8, 4, ema=True)
+        before = vq.ema_count.clone()
+        out = vq(inputs, mask)
+        assert not torch.equal(before, vq.ema_count)  # real positions did update it
+        stats.append((vq.ema_count, vq.ema_sum, out.perplexity, out.usage))
+    for a, b in zip(*stats):
+        assert torch.equal(a, b)
+
+
+def _two_voices(batch: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speaker 0 hums at ~150 Hz, speaker 1 at ~450 Hz (8 kHz), random phase and loudness."""
+    speakers = torch.randint(0, 2, (batch,), generator=generator)
+    t = torch.arange(length) / 8000
+    freq = torch.where(speakers == 0, 150.0, 450.0) * (1 + 0.05 * torch.rand(batch, generator=generator))
+    phase = torch.rand(batch, generator=generator) * 2 * math.pi
+    amp = 0.3 + 0.3 * torch.rand(batch, generator=generator)
+    x = amp[:, None] * torch.sin(2 * math.pi * freq[:, None] * t + phase[:, None])
+    return x.unsqueeze(1), speakers
+
+
+@pytest.mark.slow
+def test_a_short_training_run_learns_speech_and_uses_the_speaker():
+    torch.manual_seed(0)
+    model = tiny_vqvae(num_downsamples=6, wavenet_layers=8, wavenet_cycle=8, ema=True)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        x, spk = _two_voices(8, 1024, g)
+        out = model(x, {"speaker": spk})
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    model.eval()
+    x, spk = _two_voices(32, 2048, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        right = model(x, {"speaker": spk}).recon_loss.item()
+        wrong = model(x, {"speaker": 1 - spk}).recon_loss.item()
+    assert right < 5.0, f"val bits per sample {right:.2f}: not well below 8"
+    print(f"bits per sample: right speaker {right:.3f}, wrong speaker {wrong:.3f}")
+    assert wrong > right + 0.1, f"the speaker id does not change the decoder's distribution ({right:.2f} vs {wrong:.2f})"
+
+
+def test_code_prior_is_causal_and_samples_per_speaker():
+    torch.manual_seed(0)
+    prior = CodePrior(16, num_speakers=3, hidden=8, num_layers=4, cycle=2, kernel_size=3)
+    codes = torch.randint(0, 16, (2, 20))
+    cond = {"speaker": torch.tensor([0, 2])}
+    base = prior.logits(codes, cond)
+    changed = codes.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 16
+    assert torch.equal(prior.logits(changed, cond)[:, :, :11], base[:, :, :11])
+    assert not torch.equal(prior.logits(codes, {"speaker": torch.tensor([1, 1])}), base)
+    out = prior(codes, cond)
+    assert abs(out.loss.item() - math.log2(16)) < 1.5  # an untrained prior is near uniform
+    drawn = prior.sample(cond, shape=(12,), generator=torch.Generator().manual_seed(0))
+    assert drawn.shape == (2, 12) and drawn.max() < 16
