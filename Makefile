@@ -4,9 +4,14 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean bench
+.PHONY: demo demo-speech test install clean bench
 
 $(VENV)/.installed: pyproject.toml
+	@# The speech demo synthesizes its voices with espeak-ng, a system package: installed here
+	@# when missing and this is root (CI); otherwise said in one line.
+	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get install -y -qq espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null)); } || \
+		echo "note: the speech demo needs espeak-ng: sudo apt-get install espeak-ng"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels on CPU machines.
 	$(PY) -m pip install "$(TORCH_SPEC)"
@@ -18,8 +23,14 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) jobs/pipeline.py --config configs/demo.yaml
 
+demo-speech: install
+	$(PY) jobs/pipeline.py --config configs/demo-speech.yaml
+
+# Two test processes share the 2 cores (each test mostly waits on Ray and its jobs); the Ray
+# Tune tests run afterwards, alone: a search beside a second local Ray instance hangs.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal -m "not serial"
+	$(PY) -m pytest -m serial
 
 bench: install
 	$(PY) bench/shard.py

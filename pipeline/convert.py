@@ -43,21 +43,25 @@ FRACTION = "conversion_speaker_fraction"
 
 
 def mel_cepstrum(x: np.ndarray, rate: int, order: int = 24) -> np.ndarray:
-    """(frames, order) mel-cepstral coefficients c1..c_order: the orthonormal DCT of the dB log-mel
-    spectrum (25 ms windows, 10 ms hop), so that the Euclidean distance below is MCD in dB."""
+    """(frames, order) mel-cepstral coefficients c1..c_order in the units MCD uses: the
+    orthonormal DCT of the log-mel amplitude spectrum (25 ms windows, 10 ms hop), in dB of
+    amplitude. Frames more than 60 dB below the utterance's loudest are floored there, so that
+    digital silence does not dominate the distance."""
+    import librosa
     import scipy.fft
 
-    from pipeline.modalities.speech import log_mel
+    from pipeline.modalities.speech import mel_power
 
-    mel_db = log_mel(x, rate, n_mels=40)  # (n_mels, frames), 10 log10 power
-    cep = scipy.fft.dct(mel_db, type=2, norm="ortho", axis=0)[1:order + 1]
-    return cep.T
+    power_db = librosa.power_to_db(mel_power(x, rate, n_mels=40), ref=np.max, top_db=60.0)
+    amplitude_db = power_db / 2.0  # 10 log10 |X|^2 -> 10 log10 |X|
+    return scipy.fft.dct(amplitude_db, type=2, norm="ortho", axis=0)[1:order + 1].T
 
 
 def mcd(a: np.ndarray, b: np.ndarray, rate: int) -> float:
-    """Mel-cepstral distortion in dB between two waveforms, along their DTW alignment:
-    mean over aligned frames of sqrt(2 * sum_d (c_d - c'_d)^2), with c in dB units (the usual
-    10 / ln 10 factor is in the dB log-mel)."""
+    """Mel-cepstral distortion in dB between two waveforms along their DTW alignment: the mean over
+    aligned frames of sqrt(2 * sum_d (c_d - c'_d)^2), c as from mel_cepstrum (c0, the gain, left
+    out). The textbook form (10 / ln 10) sqrt(2 sum (c_d - c'_d)^2) with natural-log cepstra is
+    the same number, since 10 log10 |X| = (10 / ln 10) ln |X|."""
     import librosa
 
     ca, cb = mel_cepstrum(a, rate), mel_cepstrum(b, rate)
@@ -92,7 +96,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 # ---- conversion --------------------------------------------------------------------------------------
 
 
-def convert_batch(model, sources: list[np.ndarray], speakers: list[int], device, seed: int = 0) -> list[np.ndarray]:
+def convert_batch(model, sources: list[np.ndarray], speakers: list[int], device, seed: int = 0,
+                  temperature: float = 1.0) -> list[np.ndarray]:
     """Each source waveform's codes decoded with the given speaker id, all in one batched
     generation; each result as long as its codes cover (a multiple of 64 samples)."""
     import torch
@@ -108,7 +113,7 @@ def convert_batch(model, sources: list[np.ndarray], speakers: list[int], device,
         batch[i, len(c):] = c[-1]  # past its end a row is cropped away; any code will do
     generator = torch.Generator(device=device).manual_seed(seed)
     cond = {SPEAKER: torch.as_tensor(speakers, device=device)}
-    wav = model.decode_indices(batch, cond, generator=generator)[:, 0].float().cpu().numpy()
+    wav = model.decode_indices(batch, cond, temperature=temperature, generator=generator)[:, 0].float().cpu().numpy()
     return [wav[i, :n * model.hop] for i, n in enumerate(lengths)]
 
 
@@ -147,7 +152,8 @@ def evaluate(settings: Settings, model, device="cpu", out_dir: str | None = None
     references = {spk: [x[:limit] for _, x in found[spk][min(per, len(found[spk]) - 1):]] for spk in trained}
 
     start = time.perf_counter()
-    converted = convert_batch(model, [j[2] for j in jobs], [j[3] for j in jobs], device, seed=s.seed)
+    converted = convert_batch(model, [j[2] for j in jobs], [j[3] for j in jobs], device, seed=s.seed,
+                              temperature=s.temperature)
     seconds = time.perf_counter() - start
 
     encoder = SpeakerEncoder()
@@ -194,10 +200,14 @@ def evaluate_and_log(settings: Settings, model_uri: str, force: bool = False) ->
     model = tracking.load_vqvae(f"models:/{info['name']}/{info['version']}", device)
     folder = tempfile.mkdtemp(prefix="convert-eval-")
     metrics, files = evaluate(settings, model, device, folder)
-    with mlflow.start_run(run_id=info["run_id"]):
+    with mlflow.start_run(run_id=info["run_id"]) as run:
         mlflow.log_metrics(metrics)
         for path in files:
             mlflow.log_artifact(path, "conversions")
+        where = run.info.artifact_uri.removeprefix("file://")
+    if files and "://" not in where:
+        print(f"voice conversion: source | conversion | target speaker at {where}/conversions/"
+              f"{os.path.basename(files[0])} (and WAVs beside it)", flush=True)
     return metrics
 
 
@@ -259,7 +269,8 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
     if len(x) < model.hop:
         raise UserError(f"--source {source}: {len(x)} samples, shorter than one code ({model.hop} samples)")
     start = time.perf_counter()
-    (y,) = convert_batch(model, [x], [target], device, seed=settings.sample.seed)
+    (y,) = convert_batch(model, [x], [target], device, seed=settings.sample.seed,
+                         temperature=settings.sample.temperature)
     seconds = time.perf_counter() - start
     folder = out or os.path.join(settings.workdir, "conversions")
     os.makedirs(folder, exist_ok=True)

@@ -355,4 +355,7 @@ def _finish(settings: Settings, search: str, parent: str, rows: list[dict], line
     print(f"\ntune {settings.data.name}: {len(rows)} trials, {stopped} stopped early by ASHA\n{table}\n"
           f"(* best completed trial) registered {registered} v{version}{' (champion)' if promoted else ''}; "
           f"MLflow run {parent}", flush=True)
+    scores = settings.modality.evaluate_model(settings, f"models:/{registered}/{version}")  # speech: conversion
+    if scores:
+        print(f"tune {settings.data.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())), flush=True)
     return result

@@ -93,13 +93,15 @@ def _committed_checkpoints(run_dir: Path) -> list:
         return []
 
 
-def _kill_a_worker_after_a_checkpoint(run_dir: Path, killed: list) -> None:
+def _kill_a_worker_after_a_checkpoint(run_dir: Path, killed: list, address: str) -> None:
     from ray.util.state import list_actors
 
     deadline = time.time() + 240
     while time.time() < deadline and not _committed_checkpoints(run_dir):
         time.sleep(0.1)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # the session's instance by its address: the state API cannot pick one when, as under
+    # pytest-xdist, another test process runs its own beside it
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     if workers:
         pid = workers[-1]["pid"]
         os.kill(pid, signal.SIGKILL)
@@ -111,7 +113,8 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, ray_local, demo_ra
                                val_every=150, seed=3)
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after_a_checkpoint,
-                              args=(Path(settings.runs_dir) / run_name(settings), killed))
+                              args=(Path(settings.runs_dir) / run_name(settings), killed,
+                                    ray_local.get_runtime_context().gcs_address))
     killer.start()
     done = train_vqvae(settings)
     killer.join()

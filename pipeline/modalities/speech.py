@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from pipeline.config import SampleConfig, Stage1Config, Stage2Config
+from pipeline.sections import SampleConfig, Stage1Config, Stage2Config
 from pipeline.errors import UserError
 from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
                                  register)
@@ -299,14 +299,18 @@ def to_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
 
 
-def log_mel(x: np.ndarray, rate: int, n_mels: int = 80) -> np.ndarray:
-    """(n_mels, frames) log-mel spectrogram (25 ms windows, 10 ms hop) in dB."""
+def mel_power(x: np.ndarray, rate: int, n_mels: int = 80) -> np.ndarray:
+    """(n_mels, frames) mel power spectrogram: 25 ms windows, 10 ms hop."""
     import librosa
 
     n_fft = int(2 ** np.ceil(np.log2(0.025 * rate)))
-    mel = librosa.feature.melspectrogram(y=x.astype(np.float32), sr=rate, n_fft=n_fft, hop_length=rate // 100,
-                                         win_length=int(0.025 * rate), n_mels=n_mels, fmax=rate / 2)
-    return 10 * np.log10(np.maximum(mel, 1e-10))
+    return librosa.feature.melspectrogram(y=x.astype(np.float32), sr=rate, n_fft=n_fft, hop_length=rate // 100,
+                                          win_length=int(0.025 * rate), n_mels=n_mels, fmax=rate / 2)
+
+
+def log_mel(x: np.ndarray, rate: int, n_mels: int = 80) -> np.ndarray:
+    """(n_mels, frames) log-mel spectrogram in dB of power."""
+    return 10 * np.log10(np.maximum(mel_power(x, rate, n_mels), 1e-10))
 
 
 def spectrogram_picture(rows: list[list[np.ndarray]], rate: int, path: str, titles: list[str] | None = None) -> None:
