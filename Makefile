@@ -29,8 +29,8 @@ demo-speech: install
 # Two test processes share the 2 cores (each test mostly waits on Ray and its jobs); the Ray
 # Tune tests run afterwards, alone: a search beside a second local Ray instance hangs.
 test: install
-	$(PY) -m pytest -n 2 --dist worksteal -m "not serial"
-	$(PY) -m pytest -m serial
+	$(PY) -m pytest -n 2 --dist worksteal -m "not serial" --durations=20
+	$(PY) -m pytest -m serial --durations=5
 
 bench: install
 	$(PY) bench/shard.py

@@ -43,9 +43,10 @@ FRACTION = "conversion_speaker_fraction"
 
 
 def mel_cepstrum(x: np.ndarray, rate: int, order: int = 24) -> np.ndarray:
-    """(frames, order) mel-cepstral coefficients c1..c_order in the units MCD uses: the
-    orthonormal DCT of the log-mel amplitude spectrum (25 ms windows, 10 ms hop), in dB of
-    amplitude. Frames more than 60 dB below the utterance's loudest are floored there, so that
+    """(frames, order) mel-cepstral coefficients c1..c_order in the units MCD uses: the cosine
+    transform of the log-mel amplitude spectrum L_k = (10 / ln 10) ln |X_k| over N = 40 bands
+    (25 ms windows, 10 ms hop), c_n = (2 / N) sum_k L_k cos(pi n (k + 1/2) / N), the cepstrum's
+    own scaling. Bands more than 60 dB below the utterance's loudest are floored there, so that
     digital silence does not dominate the distance."""
     import librosa
     import scipy.fft
@@ -54,14 +55,15 @@ def mel_cepstrum(x: np.ndarray, rate: int, order: int = 24) -> np.ndarray:
 
     power_db = librosa.power_to_db(mel_power(x, rate, n_mels=40), ref=np.max, top_db=60.0)
     amplitude_db = power_db / 2.0  # 10 log10 |X|^2 -> 10 log10 |X|
-    return scipy.fft.dct(amplitude_db, type=2, norm="ortho", axis=0)[1:order + 1].T
+    bands = amplitude_db.shape[0]
+    return (scipy.fft.dct(amplitude_db, type=2, axis=0)[1:order + 1] / bands).T  # scipy's type 2: 2 sum_k ...
 
 
 def mcd(a: np.ndarray, b: np.ndarray, rate: int) -> float:
     """Mel-cepstral distortion in dB between two waveforms along their DTW alignment: the mean over
     aligned frames of sqrt(2 * sum_d (c_d - c'_d)^2), c as from mel_cepstrum (c0, the gain, left
-    out). The textbook form (10 / ln 10) sqrt(2 sum (c_d - c'_d)^2) with natural-log cepstra is
-    the same number, since 10 log10 |X| = (10 / ln 10) ln |X|."""
+    out): the textbook (10 / ln 10) sqrt(2 sum (c_d - c'_d)^2) of natural-log cepstra, the factor
+    being inside c. Different speakers reading different sentences score about 10-15 dB."""
     import librosa
 
     ca, cb = mel_cepstrum(a, rate), mel_cepstrum(b, rate)

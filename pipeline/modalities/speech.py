@@ -219,10 +219,11 @@ def read_speaker_info(text: str) -> dict[str, dict[str, str]]:
 
 
 def _utterance_key(speaker: str, stem: str, layout: str, mic: str) -> str | None:
+    """The sample key of an utterance file; None for VCTK 0.92's other microphone."""
     if layout == "vctk-0.92":
-        if not stem.endswith(f"_{mic}"):
+        if re.search(r"_mic[12]$", stem) and not stem.endswith(f"_{mic}"):
             return None
-        stem = stem[: -len(mic) - 1]
+        stem = stem.removesuffix(f"_{mic}")
     key = stem if layout != "folders" or stem.startswith(speaker) else f"{speaker}_{stem}"
     return re.sub(r"[^A-Za-z0-9_-]", "_", key)
 
@@ -241,15 +242,14 @@ def list_speech(data: SpeechData) -> tuple[list[str], dict[str, list[RawItem]], 
         raise UserError(f"data.root has no {audio_dir.rsplit('/', 1)[-1]}/ folder (data.layout: {layout}): {data.root}")
     is_audio = (lambda n: n.lower().endswith(".flac")) if layout == "vctk-0.92" else \
         (lambda n: n.lower().endswith(EXTENSIONS))
-    _, speaker_dirs, skipped = _list_dir(fs, audio_dir, is_audio)
+    loose, speaker_dirs, skipped = _list_dir(fs, audio_dir, is_audio)
+    skipped += [{"path": p, "reason": "not in a speaker folder"} for p in loose]
     info = {}
     if fsx.exists(fs, f"{base}/{INFO}"):
         info = read_speaker_info(fsx.read_bytes(fs, f"{base}/{INFO}").decode("utf-8", errors="replace"))
     per_speaker: dict[str, list[RawItem]] = {}
     for folder in speaker_dirs:
         speaker = folder.rsplit("/", 1)[-1]
-        if layout == "folders" and speaker in ("txt",):
-            continue
         files, _, folder_skipped = _list_dir(fs, folder, is_audio)
         skipped += folder_skipped
         items = []
