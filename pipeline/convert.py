@@ -172,14 +172,26 @@ def evaluate(settings: Settings, model, device="cpu", out_dir: str | None = None
                "conversion_samples_per_s": sum(len(y) for y in converted) / max(seconds, 1e-9)}
     files: list[str] = []
     if out_dir is not None:
-        import torch
-
-        os.makedirs(out_dir, exist_ok=True)
-        shown = list(zip(jobs, converted))[:6]
-        rows = [[torch.from_numpy(x[:len(y)]).view(1, -1), torch.from_numpy(y).view(1, -1),
-                 torch.from_numpy(references[tgt][0]).view(1, -1)] for (src, key, x, tgt), y in shown]
-        files = settings.modality.write(rows, os.path.join(out_dir, "conversions"), settings.data)
+        files = _write_examples(list(zip(jobs, converted))[:6], references, names, rate, out_dir)
     return metrics, files
+
+
+def _write_examples(shown: list, references: dict, names: list[str], rate: int, out_dir: str) -> list[str]:
+    """conversions.png (a row per conversion: source | conversion | the target speaker) and the
+    WAVs of each row."""
+    from pipeline.modalities.speech import spectrogram_picture, write_wav
+
+    os.makedirs(out_dir, exist_ok=True)
+    picture = os.path.join(out_dir, "conversions.png")
+    rows = [[x[:len(y)], y, references[tgt][0]] for (_, _, x, tgt), y in shown]
+    titles = [f"{key}\nto {names[tgt]}" for (_, key, _, tgt), _ in shown]
+    spectrogram_picture(rows, rate, picture, titles, ["source", "conversion", "target speaker (another sentence)"])
+    files = [picture]
+    for ((_, key, _, tgt), _), row in zip(shown, rows):
+        for what, x in zip(("source", "conversion", "target"), row):
+            files.append(os.path.join(out_dir, f"{key}-to-{names[tgt]}-{what}.wav"))
+            write_wav(files[-1], x, rate)
+    return files
 
 
 def evaluate_and_log(settings: Settings, model_uri: str, force: bool = False) -> dict:
@@ -283,7 +295,7 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
     found, _, _ = _val_utterances(settings)
     reference = found.get(target, [("", np.zeros(0))])[0][1]
     spectrogram_picture([[x[:len(y)], y, reference]], settings.data.sample_rate, f"{stem}.png",
-                        [f"{key} | to {target_name} | {target_name}"])
+                        [f"{key} to {target_name}"], ["source", "conversion", f"{target_name} (another sentence)"])
     tags = {"stage": "convert", "vqvae_name": info["name"], "vqvae_version": info["version"]}
     with tracking.start_run(experiment_id, f"convert-{key}-to-{target_name}", tags=tags):
         mlflow.log_params({"source": source, "speaker": target_name, "model": f"models:/{info['name']}/{info['version']}"})

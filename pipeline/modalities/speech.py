@@ -313,8 +313,10 @@ def log_mel(x: np.ndarray, rate: int, n_mels: int = 80) -> np.ndarray:
     return 10 * np.log10(np.maximum(mel_power(x, rate, n_mels), 1e-10))
 
 
-def spectrogram_picture(rows: list[list[np.ndarray]], rate: int, path: str, titles: list[str] | None = None) -> None:
-    """Log-mel spectrograms, a row per group, columns side by side, as one PNG."""
+def spectrogram_picture(rows: list[list[np.ndarray]], rate: int, path: str, titles: list[str] | None = None,
+                        columns: list[str] | None = None) -> None:
+    """Log-mel spectrograms, a row per group, columns side by side, as one PNG; `titles` label
+    the rows, `columns` the columns."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,6 +333,8 @@ def spectrogram_picture(rows: list[list[np.ndarray]], rate: int, path: str, titl
                 ax.imshow(log_mel(row[j], rate), origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=0)
         if titles:
             axes[i][0].set_ylabel(titles[i], fontsize=8)
+    for j, name in enumerate(columns or []):
+        axes[0][j].set_title(name, fontsize=9)
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, dpi=70)
