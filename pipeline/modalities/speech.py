@@ -467,7 +467,11 @@ class SpeechModality(Modality):
         """Voice conversion's scores, logged on the model's run (pipeline/convert.py)."""
         from pipeline.convert import evaluate_and_log
 
-        return evaluate_and_log(settings, model_uri)
+        try:
+            return evaluate_and_log(settings, model_uri)
+        except UserError as e:  # e.g. one speaker only: the model is trained and registered all the same
+            print(f"voice conversion not scored: {e}", flush=True)
+            return {}
 
     def make_demo(self, data: SpeechData) -> dict:
         from pipeline.modalities.speech_demo import make_demo_corpus
