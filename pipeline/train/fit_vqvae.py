@@ -217,9 +217,14 @@ def train_vqvae(settings: Settings) -> dict:
     def summary(done: dict) -> str:
         m = done["metrics"]
         shown = ", ".join(f"{k} {m[k]:.4g}" for k in (modality.selection_metric, *modality.key_metrics) if k in m)
-        return (f"stage1 {settings.data.name}: {m['step']} steps in {done['seconds']:.0f} s; {shown}; registered "
+        line = (f"stage1 {settings.data.name}: {m['step']} steps in {done['seconds']:.0f} s; {shown}; registered "
                 f"{done['name']} v{done['version']}{' (champion)' if done['promoted'] else ''}; "
                 f"MLflow run {done['run_id']}")
+        used = round(m.get("codebook_usage", 1.0) * settings.stage1.codebook_size)
+        if used < 2:  # an autoregressive decoder can do without the codes: its loss looks fine
+            line += (f"\nstage1 {settings.data.name}: warning: the codebook collapsed to {used} code in use; "
+                     f"the decoder ignores the codes (try a lower stage1.lr, or stage1.dead_code_steps)")
+        return line
 
     done = train_and_register(
         settings, stage="stage1", name=run_name(settings), registered=settings.vqvae_name, lineage=lineage,
