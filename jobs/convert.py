@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def main(settings, args) -> None:
-    from pipeline import convert
+    from pipeline.modalities import speech_convert as convert
 
     if args.evaluate:
         metrics = convert.evaluate_and_log(settings, settings.codes.model or settings.vqvae_champion, force=True)

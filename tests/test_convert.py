@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.convert import mcd
+from pipeline.modalities.speech_convert import mcd
 
 RATE = 8000
 

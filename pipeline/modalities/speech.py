@@ -35,12 +35,11 @@ from pydantic import Field
 
 from pipeline.sections import SampleConfig, Stage1Config, Stage2Config
 from pipeline.errors import UserError
+from pipeline.models.speech import SPEAKER  # the conditioning's name: batches, codes, models
 from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
                                  register)
 
-SPEAKER = "speaker"
 EXTENSIONS = (".wav", ".flac", ".ogg")
-LAYOUTS = ("vctk-0.92", "vctk-0.80", "folders")
 INFO = "speaker-info.txt"
 
 
@@ -464,8 +463,8 @@ class SpeechModality(Modality):
         return paths
 
     def evaluate_model(self, settings, model_uri: str) -> dict:
-        """Voice conversion's scores, logged on the model's run (pipeline/convert.py)."""
-        from pipeline.convert import evaluate_and_log
+        """Voice conversion's scores, logged on the model's run (speech_convert.py)."""
+        from pipeline.modalities.speech_convert import evaluate_and_log
 
         try:
             return evaluate_and_log(settings, model_uri)

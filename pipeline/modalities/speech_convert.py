@@ -34,8 +34,7 @@ import numpy as np
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
-
-SPEAKER = "speaker"
+from pipeline.models.speech import SPEAKER
 FRACTION = "conversion_speaker_fraction"
 
 
@@ -228,7 +227,8 @@ def evaluate_and_log(settings: Settings, model_uri: str, force: bool = False) ->
 # ---- one conversion -----------------------------------------------------------------------------------
 
 
-def _source(settings: Settings, source: str) -> tuple[str, np.ndarray]:
+def _source(settings: Settings, source: str, found: dict) -> tuple[str, np.ndarray]:
+    """The waveform of `--source`: an audio file, else the val utterance of that key in `found`."""
     from pipeline.modalities import SkipSample
     from pipeline.modalities.speech import read_audio, resample, trim_silence
 
@@ -244,7 +244,6 @@ def _source(settings: Settings, source: str) -> tuple[str, np.ndarray]:
         if data.trim_silence:
             x = trim_silence(x, data.sample_rate, data.trim_db)
         return Path(source).stem, x
-    found, _, _ = _val_utterances(settings)
     for utterances in found.values():
         for key, x in utterances:
             if key == source:
@@ -272,11 +271,14 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
 
     from pipeline import tracking
 
-    if settings.data.modality != "speech":
+    from pipeline.modalities.speech import SpeechModality
+
+    if not isinstance(settings.modality, SpeechModality):
         raise UserError(f"voice conversion needs a speech model; data.modality is {settings.data.modality!r}")
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)
     target, target_name = _speaker_id(settings, speaker)
-    key, x = _source(settings, source)
+    found, _, _ = _val_utterances(settings)  # the source's key and the target's real sentence
+    key, x = _source(settings, source, found)
     info = tracking.resolve(settings.codes.model or settings.vqvae_champion)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = tracking.load_vqvae(f"models:/{info['name']}/{info['version']}", device)
@@ -292,7 +294,6 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
     from pipeline.modalities.speech import spectrogram_picture, write_wav
 
     write_wav(f"{stem}.wav", y, settings.data.sample_rate)
-    found, _, _ = _val_utterances(settings)
     reference = found.get(target, [("", np.zeros(0))])[0][1]
     spectrogram_picture([[x[:len(y)], y, reference]], settings.data.sample_rate, f"{stem}.png",
                         [f"{key} to {target_name}"], ["source", "conversion", f"{target_name} (another sentence)"])
