@@ -26,10 +26,11 @@ demo: install
 demo-speech: install
 	$(PY) jobs/pipeline.py --config configs/demo-speech.yaml
 
+# The GPU tests (tests/test_gpu.py) run with  pytest -m gpu  on a machine with one.
 # Two test processes share the 2 cores (each test mostly waits on Ray and its jobs); the Ray
 # Tune tests run afterwards, alone: a search beside a second local Ray instance hangs.
 test: install
-	$(PY) -m pytest -n 2 --dist worksteal -m "not serial" --durations=20
+	$(PY) -m pytest -n 2 --dist worksteal -m "not serial and not gpu" --durations=20
 	$(PY) -m pytest -m serial --durations=5
 
 bench: install

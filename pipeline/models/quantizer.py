@@ -14,6 +14,7 @@ take no part in the losses, the EMA statistics, usage, perplexity or restarts.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,20 @@ class VQOutput:
     codebook_loss: Tensor  # ||sg[z_e] - e||^2, mean over (unmasked) elements; 0 with ema
     perplexity: Tensor  # exp(entropy) of the batch code histogram
     usage: Tensor  # fraction of the K codes used in the batch
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul(t: Tensor):
+    """TF32 off for the distance matmul on cuda, even where a user turned it on for speed: with
+    10-bit mantissas, codes a few hundredths apart (a trained codebook) swap places."""
+    if not t.is_cuda or not torch.backends.cuda.matmul.allow_tf32:
+        yield
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def _distributed() -> bool:
@@ -89,7 +104,8 @@ class VectorQuantizer(nn.Module):
 
         ||z||^2 is the same for every code of a row, so it is left out of the argmin."""
         codebook = self.embedding.detach().float()
-        distances = torch.addmm((codebook * codebook).sum(1), flat, codebook.t(), alpha=-2.0)
+        with _full_fp32_matmul(flat):
+            distances = torch.addmm((codebook * codebook).sum(1), flat, codebook.t(), alpha=-2.0)
         return distances.argmin(dim=1)
 
     @torch.no_grad()
