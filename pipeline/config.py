@@ -23,6 +23,10 @@ class RayConfig(_Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: Optional[bool] = None  # None: when present
     cpus_per_worker: float = Field(1.0, gt=0)
+    # Processes that decode stage 1's training batches beside each worker. None: on a GPU one per
+    # CPU the worker has beyond its first (at least one), on CPU none (decoding would take cores
+    # from the compute). They change the order batches come in, not what they are drawn from.
+    loader_workers: Optional[int] = Field(None, ge=0)
 
 
 class MlflowConfig(_Section):

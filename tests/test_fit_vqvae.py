@@ -37,6 +37,7 @@ def test_trains_logs_registers_and_reloads(tmp_path, ray_local, demo_raw, demo_s
     from pipeline import tracking
 
     settings = stage1_settings(tmp_path, demo_raw, demo_shards)
+    settings.ray.loader_workers = 1  # batches decoded in a process forked from each Ray Train worker
     done = train_vqvae(settings)
     client = MlflowClient(settings.tracking_uri)
     run = client.get_run(done["run_id"])

@@ -8,12 +8,19 @@ once, rank r taking shards r, r+world, ...
 
 What a sample's members mean is the modality's business: `modality.from_members` turns them into
 an Item and `modality.collate` makes the batch.
+
+Decoding (PNG, FLAC) costs a core about a millisecond per 128x128 image, so on a GPU the training
+loop would mostly wait for it. `TrainStream` runs the same pipeline in DataLoader worker
+processes (`loader`): each worker reads its own endless stream, seeded by (seed, rank, worker), so
+ranks still draw one batch per step each; the batches come back in pinned memory, and the samples
+a worker skipped ride along with its batches (`Batch.skipped`) into the rank's SkipCounter.
 """
 from __future__ import annotations
 
 import random
 from typing import Iterator
 
+import torch
 import webdataset as wds
 
 from pipeline.data.shard import load_manifest
@@ -144,3 +151,44 @@ def eval_batches(urls: list[str], batch_size: int, rank: int, world: int, modali
         wds.map(view),
         wds.batched(batch_size, collation_fn=modality.collate, partial=True),
     ))
+
+
+def stream_rank(rank: int, worker: int) -> int:
+    """The rank a loader worker's stream is seeded with: worker 0 reads exactly the stream the
+    rank would read on its own, the others streams no rank reads."""
+    return rank if worker == 0 else rank + 100_003 * worker
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """`train_batches` of one rank, in as many DataLoader worker processes as it is given. Each
+    item is a Batch; with `crop` (the stage-1 section), items are cropped by the modality first,
+    with a random generator seeded by (crop_seed, worker)."""
+
+    def __init__(self, urls: list[str], batch_size: int, seed: int, rank: int, modality: Modality,
+                 where: str, crop=None, crop_seed: int = 0) -> None:
+        self.urls, self.batch_size, self.seed, self.rank = urls, batch_size, seed, rank
+        self.modality, self.where, self.crop, self.crop_seed = modality, where, crop, crop_seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        skips = SkipCounter(self.where)
+        view = _identity
+        if self.crop is not None:
+            rng = random.Random(self.crop_seed + 1_000_003 * worker)
+            view = lambda item: self.modality.crop(item, self.crop, rng)  # noqa: E731
+        reported = 0
+        for batch in train_batches(self.urls, self.batch_size, self.seed, stream_rank(self.rank, worker),
+                                   self.modality, skips, view=view):
+            batch.skipped, reported = skips.count - reported, skips.count
+            yield batch
+
+
+def loader(stream: TrainStream, workers: int, pin: bool, skips: SkipCounter) -> Iterator:
+    """Batches of `stream` decoded in `workers` processes (0: in this one), pinned when `pin`;
+    the samples they skipped are added to `skips`. NoSamples raised in a worker is raised here."""
+    batches = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin,
+                                          prefetch_factor=4 if workers else None)
+    for batch in batches:
+        skips.count += batch.skipped
+        yield batch

@@ -91,10 +91,18 @@ class Batch:
     cond: dict[str, Tensor] = field(default_factory=dict)
     mask: Tensor | None = None
     keys: list[str] = field(default_factory=list)
+    skipped: int = 0  # corrupt samples the reader skipped since its previous batch
 
     def to(self, device) -> "Batch":
-        return Batch(self.x.to(device, non_blocking=True), {k: v.to(device) for k, v in self.cond.items()},
-                     None if self.mask is None else self.mask.to(device), self.keys)
+        """On `device`; the copies do not wait when the batch is in pinned memory."""
+        return Batch(self.x.to(device, non_blocking=True),
+                     {k: v.to(device, non_blocking=True) for k, v in self.cond.items()},
+                     None if self.mask is None else self.mask.to(device, non_blocking=True), self.keys, self.skipped)
+
+    def pin_memory(self) -> "Batch":
+        """What DataLoader(pin_memory=True) calls: page-locked copies, for asynchronous copies."""
+        return Batch(self.x.pin_memory(), {k: v.pin_memory() for k, v in self.cond.items()},
+                     None if self.mask is None else self.mask.pin_memory(), self.keys, self.skipped)
 
     def __len__(self) -> int:
         return self.x.shape[0]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import tempfile
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from pipeline.config import Settings
 from pipeline.errors import UserError
 from pipeline.data.shard import load_manifest, manifest_digest, shard_cond
-from pipeline.data.reader import NO_SAMPLES, NoSamples, SkipCounter, eval_batches, shard_urls, train_batches
+from pipeline.data.reader import NO_SAMPLES, NoSamples, SkipCounter, TrainStream, eval_batches, loader, shard_urls
 from pipeline.modalities import CondSpec
 from pipeline.models.metrics import perplexity
 from pipeline.train.common import RankZeroMlflow, all_reduce_sum, sum_over_ranks
@@ -77,6 +76,15 @@ def _crop(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x[(slice(None), *(slice(0, n) for n in extent))]
 
 
+def loader_workers(settings: Settings, device: torch.device) -> int:
+    """Decoding processes beside a training worker (ray.loader_workers; see its comment)."""
+    if settings.ray.loader_workers is not None:
+        return settings.ray.loader_workers
+    if device.type != "cuda":
+        return 0
+    return max(1, int(settings.ray.cpus_per_worker) - 1)
+
+
 class VQVAETask(Task):
     ddp_kwargs = {"broadcast_buffers": False}  # the quantizer keeps its buffers identical itself
 
@@ -93,9 +101,10 @@ class VQVAETask(Task):
 
     def batches(self, start: int):
         s = self.section
-        rng = random.Random(s.seed * 7919 + start * 31 + self.rank)  # the crops differ per rank and resume
-        return train_batches(self.train_urls, s.batch_size, s.seed + start, self.rank, self.modality, self.skips,
-                             view=lambda item: self.modality.crop(item, s, rng))
+        stream = TrainStream(self.train_urls, s.batch_size, s.seed + start, self.rank, self.modality,
+                             self.skips.where, crop=s,
+                             crop_seed=s.seed * 7919 + start * 31 + self.rank)  # crops differ per rank and resume
+        return loader(stream, loader_workers(self.settings, self.device), self.device.type == "cuda", self.skips)
 
     def train_logs(self) -> dict:
         return {"skipped_samples": self.skips.count}
