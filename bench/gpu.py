@@ -12,9 +12,9 @@ achieved TFLOP/s (the FLOPs of one forward + backward counted by torch.utils.flo
 the measured step time), MFU against the device's dense bf16 peak and peak memory.
 
 With --shards (a finished image shard folder, made at the size you want to measure), the stage's
-recipe is fed by the stage's own reader (`train_batches`: webdataset + PNG decoding in the
-training process) and by the same pipeline run in DataLoader worker processes with pinned memory
-and non-blocking copies; each step is split into the time spent waiting for the batch and the
+recipe is fed by the stage's own reader (`pipeline.data.reader.loader`: webdataset + PNG decoding)
+in the training process and in --workers DataLoader worker processes (ray.loader_workers), pinned,
+copied without waiting; each step is split into the time spent waiting for the batch and the
 time computing it.
 
 Codes dumping is the codes actor's work (`encode`, batch 256, fp32 as the actor runs it, and
@@ -124,6 +124,7 @@ def stage1_variants(device: torch.device, compile_: bool) -> list[tuple[str, dic
 def bench_stage1(sizes: dict, device: torch.device, args, peak: float | None) -> list[dict]:
     x = torch.randn(sizes["batch"], 3, sizes["image"], sizes["image"], device=device)
     flops = step_flops(sizes, device, x)
+    print(f"stage 1: {flops / 1e12:.3g} TFLOP per training step (forward + backward)")
     rows = []
     for name, opts in stage1_variants(device, args.compile):
         torch.manual_seed(0)
@@ -149,42 +150,25 @@ def bench_stage1(sizes: dict, device: torch.device, args, peak: float | None) ->
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         tflops = flops / seconds / 1e12
         rows.append({"variant": name, "images_per_s": sizes["batch"] / seconds, "ms_per_step": 1000 * seconds,
+                     "flops_per_step": flops,
                      "tflops": tflops, "mfu": tflops / peak if peak else None, "wall_s": wall,
                      "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None})
         del model, optimizer
     return rows
 
 
-class _Batches(torch.utils.data.IterableDataset):
-    """The stage's train_batches in a DataLoader worker: each worker reads its own stream (the
-    worker id takes the place of the rank in the shard sampling seed)."""
-
-    def __init__(self, urls: list[str], batch_size: int):
-        self.urls, self.batch_size = urls, batch_size
-
-    def __iter__(self):
-        from pipeline import modalities
-        from pipeline.data.reader import SkipCounter, train_batches
-
-        info = torch.utils.data.get_worker_info()
-        rank = info.id if info else 0
-        for batch in train_batches(self.urls, self.batch_size, 0, rank, modalities.get("image"), SkipCounter()):
-            yield batch.x
-
-
 def bench_shards(sizes: dict, device: torch.device, args) -> list[dict]:
     """The stage's recipe fed from real shards: data wait vs compute per step."""
     from pipeline import modalities
-    from pipeline.data.reader import SkipCounter, shard_urls, train_batches
+    from pipeline.data.reader import SkipCounter, TrainStream, loader, shard_urls
 
     _, urls = shard_urls(args.shards, "train")
     cuda = device.type == "cuda"
-    feeds = {"in the training process (the stage today)":
-             lambda: (b.x for b in train_batches(urls, sizes["batch"], 0, 0, modalities.get("image"), SkipCounter()))}
+    stream = TrainStream(urls, sizes["batch"], 0, 0, modalities.get("image"), args.shards)
+    feeds = {"ray.loader_workers=0: decoding in the training process":
+             lambda: loader(stream, 0, cuda, SkipCounter())}
     for workers in args.workers:
-        feeds[f"DataLoader, {workers} workers, pinned"] = lambda w=workers: iter(torch.utils.data.DataLoader(
-            _Batches(urls, sizes["batch"]), batch_size=None, num_workers=w, pin_memory=cuda,
-            prefetch_factor=4, persistent_workers=False))
+        feeds[f"ray.loader_workers={workers}, pinned"] = lambda w=workers: loader(stream, w, cuda, SkipCounter())
     rows = []
     for name, make in feeds.items():
         torch.manual_seed(0)
@@ -196,7 +180,7 @@ def bench_shards(sizes: dict, device: torch.device, args) -> list[dict]:
         wait = compute = 0.0
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()
-            x = next(batches).to(device, non_blocking=True)
+            x = next(batches).to(device).x
             sync(device)
             t1 = time.perf_counter()
             step(x)
@@ -261,7 +245,7 @@ def table(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     if not rows:
         return
-    keys = list(rows[0])
+    keys = [k for k in rows[0] if k != "flops_per_step"]
     width = {k: max(len(k), *(len(fmt(r[k])) for r in rows)) for k in keys}
     print("  ".join(k.ljust(width[k]) for k in keys))
     for r in rows:
