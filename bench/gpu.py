@@ -109,16 +109,20 @@ def step_flops(sizes: dict, device: torch.device, x: torch.Tensor) -> int:
 
 
 def stage1_variants(device: torch.device, compile_: bool) -> list[tuple[str, dict]]:
-    cuda = device.type == "cuda"
-    variants = [("stage recipe" + (" (bf16 autocast, Adam)" if cuda else " (fp32, Adam)"), {})]
-    variants.append(("+ fused Adam", {"fused": True}))
-    variants.append(("+ channels-last", {"channels_last": True}))
+    """(name, options): on cuda the stage trains under bf16 autocast, channels-last, and compiled
+    when stage1.compile is set."""
+    if device.type != "cuda":
+        variants = [("stage recipe (fp32, Adam)", {}), ("+ fused Adam", {"fused": True}),
+                    ("+ channels-last", {"channels_last": True})]
+        return variants + ([("+ torch.compile", {"compile": True})] if compile_ else [])
+    variants = [("bf16 autocast, Adam, channels-first", {}),
+                ("stage recipe: + channels-last", {"channels_last": True}),
+                ("stage recipe + fused Adam", {"channels_last": True, "fused": True})]
     if compile_:
-        variants.append(("+ torch.compile", {"compile": True}))
-    if cuda:
-        variants.append(("fp32, TF32 on", {"fp32": True, "tf32": True}))
-        variants.append(("fp32, TF32 off", {"fp32": True, "tf32": False}))
-    return variants
+        variants += [("stage recipe + torch.compile", {"channels_last": True, "compile": True}),
+                     ("channels-first + torch.compile", {"compile": True})]
+    return variants + [("fp32, TF32 on", {"fp32": True, "tf32": True}),
+                       ("fp32, TF32 off", {"fp32": True, "tf32": False})]
 
 
 def bench_stage1(sizes: dict, device: torch.device, args, peak: float | None) -> list[dict]:
@@ -200,15 +204,20 @@ def bench_codes(sizes: dict, device: torch.device, args) -> list[dict]:
     model = vqvae(sizes).to(device).eval()
     x = torch.randn(sizes["codes_batch"], 3, sizes["image"], sizes["image"], device=device)
     rows = []
-    for name, autocast in (("fp32 (the codes actor)", nullcontext()),
-                           ("bf16 autocast", torch.autocast("cuda", dtype=torch.bfloat16)
-                            if device.type == "cuda" else None)):
+    cuda = device.type == "cuda"
+    bf16 = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
+    variants = [("fp32 (the codes actor)", nullcontext(), False), ("fp32, channels-last", nullcontext(), True),
+                ("bf16 autocast", bf16, False), ("bf16 autocast, channels-last", bf16, True)]
+    for name, autocast, channels_last in variants:
         if autocast is None:
             continue
+        fmt_ = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=fmt_)
+        xs = x.contiguous(memory_format=fmt_)
 
         def encode():
             with autocast:
-                model.encode(x)
+                model.encode(xs)
         seconds = timed(encode, device, args.warmup, args.steps, args.repeats)
         rows.append({"variant": name, "images_per_s": sizes["codes_batch"] / seconds})
     return rows

@@ -17,6 +17,7 @@ from pipeline.models.pixelcnn import GatedPixelCNN
 from pipeline.models.quantizer import VectorQuantizer
 from pipeline.models.speech import SpeechVQVAE
 from pipeline.models.vqvae import VQVAE
+from test_loader import shards  # noqa: F401 - the fixture: small real image shards
 
 pytestmark = pytest.mark.gpu
 
@@ -190,3 +191,68 @@ def test_gpu_benchmark_runs_on_cuda(tmp_path):
                        "--only", "stage1", "codes", "prior"])
     assert result["device"] == torch.cuda.get_device_name()
     assert all(row["images_per_s"] > 0 and row["peak_mem_gib"] > 0 for row in result["stage1"])
+
+
+def test_compiled_channels_last_training_follows_eager_and_updates_the_codebook():
+    """What stage 1 runs on a GPU with stage1.compile: channels-last, torch.compile, bf16. The
+    EMA codebook's in-place updates must survive compilation."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        results = _train_three_ways(DistributedDataParallel)
+    finally:
+        dist.destroy_process_group()
+    eager, compiled, compiled_ddp = results["eager"], results["compiled"], results["compiled ddp"]
+    for losses in (compiled, compiled_ddp):
+        assert losses[0] == pytest.approx(eager[0], rel=2e-2)
+        assert sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses[::5]
+        assert sum(losses[-5:]) == pytest.approx(sum(eager[-5:]), rel=0.25)
+
+
+def _train_three_ways(ddp_class) -> dict:
+    """40 steps eagerly, compiled, and compiled around DDP as the loop wraps it (Ray's
+    prepare_model: DDP with broadcast_buffers=False for the quantizer)."""
+    results = {}
+    for way in ("eager", "compiled", "compiled ddp"):
+        torch.manual_seed(0)
+        model = VQVAE(in_channels=3, hidden=64, num_res_blocks=2, codebook_size=128, code_dim=32,
+                      ema=True).to(CUDA).to(memory_format=torch.channels_last)
+        start = model.vq.codebook.clone()
+        step_model = model
+        if way == "compiled ddp":
+            step_model = ddp_class(model, device_ids=[CUDA.index or 0], broadcast_buffers=False)
+        if way != "eager":
+            step_model = torch.compile(step_model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        losses = []
+        for step in range(40):
+            x = _photo_crops(32, 32, seed=step).to(CUDA).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = step_model(x)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            losses.append(out.recon_loss.item())
+        assert int(model.vq.step) == 40 and not torch.equal(model.vq.codebook, start), way
+        results[way] = losses
+    return results
+
+
+def test_loader_batches_arrive_pinned_and_copy_to_cuda(shards):
+    from pipeline import modalities
+    from pipeline.data.reader import SkipCounter, TrainStream, loader
+
+    batches = loader(TrainStream(shards, 8, 0, 0, modalities.get("image"), "the test shards"), 2, True,
+                     SkipCounter())
+    batch = next(batches)
+    assert batch.x.is_pinned() and all(v.is_pinned() for v in batch.cond.values())
+    on_gpu = batch.to(CUDA)
+    torch.cuda.synchronize()
+    assert on_gpu.x.is_cuda and torch.equal(on_gpu.x.cpu(), batch.x)

@@ -24,7 +24,9 @@ from pipeline.locks import exclusive
 from pipeline.runtime import init_ray, use_gpu
 
 # Keys that do not change what is trained: a change of these still resumes the same run.
-CADENCE = frozenset({"checkpoint_every", "val_every", "log_every", "max_failures", "vqvae"})
+# Keys of a training section that leave the model what it is: how often it checkpoints,
+# validates and logs, and how fast its steps run.
+CADENCE = frozenset({"checkpoint_every", "val_every", "log_every", "max_failures", "vqvae", "compile"})
 
 
 def shaping(section: BaseModel) -> dict:

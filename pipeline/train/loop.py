@@ -63,6 +63,11 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
 
     torch.manual_seed(s.seed)  # same initial weights (and codebook) on every rank
     model = task.build().to(device)
+    # Channels-last image convs: 1.3x the images/s of stage 1 on an H100 under bf16 (bench/gpu.py).
+    channels_last = device.type == "cuda" and getattr(model, "role", "") == "autoencoder" \
+        and getattr(model, "spatial_dims", 0) == 2
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
     start = 0
     state = load_checkpoint(device)
@@ -71,6 +76,8 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
     ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=task.ddp_kwargs)
+    if s.compile:
+        ddp = torch.compile(ddp)
 
     mlf = RankZeroMlflow(config["tracking_uri"], config["run_id"], enabled=rank == 0)
     if state is not None:
@@ -79,8 +86,9 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
     clock, timed_steps = time.perf_counter(), 0
     for step in range(start + 1, s.steps + 1):
         batch = next(batches).to(device)
+        x = batch.x.contiguous(memory_format=torch.channels_last) if channels_last else batch.x
         with autocast:
-            out = ddp(batch.x, batch.cond, batch.mask)
+            out = ddp(x, batch.cond, batch.mask)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
