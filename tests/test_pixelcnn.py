@@ -101,7 +101,8 @@ def test_sample_returns_codes_of_the_requested_shape_with_one_forward_per_positi
     codes = prior.sample(cond(torch.tensor([0, 1, 2])), shape=(3, 5))
     assert codes.shape == (3, 3, 5) and codes.dtype == torch.int64
     assert codes.min() >= 0 and codes.max() < 11
-    assert calls == [(3, 3, 5)] * 15  # the whole batch in each forward
+    # the whole batch in each forward, on the rows up to the sampled position's
+    assert calls == [(3, row + 1, 5) for row in range(3) for _ in range(5)]
     assert prior.sample(None, shape=(2, 2), num_samples=4).shape == (4, 2, 2)
 
 
@@ -114,6 +115,23 @@ def test_sample_is_deterministic_with_a_seeded_generator():
 
     assert torch.equal(draw(0), draw(0))
     assert not torch.equal(draw(0), draw(1))
+
+
+def test_sampling_on_the_rows_seen_so_far_draws_what_the_whole_grid_would():
+    """The forward on the rows up to the sampled one gives the full grid's logits there: sampling
+    draws the same codes as a loop that re-runs the whole grid for every position."""
+    torch.manual_seed(3)
+    prior = GatedPixelCNN(codebook_size=13, num_classes=3, hidden=8, num_layers=4, kernel_size=5).double().eval()
+    labels = torch.tensor([0, 1, 2, 1])
+    fast = prior.sample(cond(labels), shape=(6, 5), generator=torch.Generator().manual_seed(9))
+    generator = torch.Generator().manual_seed(9)
+    slow = torch.zeros(4, 6, 5, dtype=torch.long)
+    with torch.no_grad():
+        for row in range(6):
+            for col in range(5):
+                probs = torch.softmax(prior.logits(slow, cond(labels))[:, :, row, col].float(), -1)
+                slow[:, row, col] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    assert torch.equal(fast, slow)
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -263,10 +263,13 @@ class GatedPixelCNN(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            # Re-running the whole grid each step is O(positions^2) but keeps one code path with
-            # forward(); caching per-layer states would be the speed-up if sampling ever dominates.
+            # One forward per position keeps one code path with forward(). The logits at a
+            # position depend only on the codes before it in raster order, so the forward runs on
+            # the grid up to the position's first coordinate (its row): the same logits for half
+            # the work on average. Caching per-layer states would be the next speed-up.
             for position in itertools.product(*(range(n) for n in shape)):
-                logits = self.logits(codes, cond)[(slice(None), slice(None), *position)]
+                seen = codes[:, : position[0] + 1]
+                logits = self.logits(seen, cond)[(slice(None), slice(None), *position)]
                 probs = F.softmax(logits.float() / temperature, dim=-1)
                 if exists(generator):
                     probs = probs.to(generator.device)
