@@ -64,11 +64,34 @@ def sample(settings: Settings) -> str:
     prior = tracking.load_prior(prior_uri, device)
     vqvae = tracking.load_vqvae(vqvae_uri, device)
     s = settings.sample
+    os.makedirs(settings.samples_dir, exist_ok=True)
+    stem = os.path.join(settings.samples_dir, f"samples-{prior_info['version']}")
+    paths, metrics = settings.modality.draw_samples(settings, prior, vqvae, meta, device, stem)
+    seconds = time.perf_counter() - start
+    tags = {"stage": "sample", "prior_name": prior_info["name"], "prior_version": prior_info["version"],
+            "vqvae_name": vqvae_info["name"], "vqvae_version": vqvae_info["version"]}
+    with tracking.start_run(experiment_id, f"sample-{settings.data.name}-v{prior_info['version']}", tags=tags):
+        mlflow.log_params({**s.model_dump(exclude_none=True), "prior_uri": prior_uri, "vqvae_uri": vqvae_uri})
+        mlflow.log_metrics({"seconds": seconds, **metrics})
+        for path in paths:
+            mlflow.log_artifact(path, "samples")
+    for name, value in metrics.items():
+        print(f"sample {settings.data.name}: {name} = {value:.4g}", flush=True)
+    print(paths[0], flush=True)
+    return paths[0]
+
+
+def draw_per_class(settings: Settings, prior, vqvae, meta: dict, device, stem: str) -> list[str]:
+    """`sample.per_class` code arrays per class (or unconditional ones), drawn in one batch,
+    decoded and written by the modality a group per class; -> the files, the main one first."""
+    import torch
+
+    s = settings.sample
     shape = meta.get("latent_shape") or meta.get("grid_shape")  # grid_shape: priors before 2026-11-26
     if not shape:  # codes of varying shape (utterances): the modality says how long a sample is
         shape = settings.modality.sample_latent_shape(settings.data, s, vqvae.input_dims_per_code)
     if not shape:
-        raise UserError(f"{prior_uri}: its codes vary in shape and its config.json gives no latent_shape to sample")
+        raise UserError("the prior's codes vary in shape and its config.json gives no latent_shape to sample")
     cond, count, groups = sampling_plan(prior_cond(meta), s.per_class)
     generator = torch.Generator().manual_seed(s.seed)
     codes = prior.sample(cond, shape=tuple(shape), temperature=s.temperature, generator=generator,
@@ -79,18 +102,4 @@ def sample(settings: Settings) -> str:
         x = vqvae.decode_indices(codes.to(device), cond_dev).float().cpu()
     bounds = [sum(groups[:i]) for i in range(len(groups) + 1)]
     rows = [list(x[bounds[i]:bounds[i + 1]]) for i in range(len(groups))]
-
-    os.makedirs(settings.samples_dir, exist_ok=True)
-    paths = settings.modality.write(rows, os.path.join(settings.samples_dir, f"samples-{prior_info['version']}"),
-                                    settings.data)
-    seconds = time.perf_counter() - start
-    tags = {"stage": "sample", "prior_name": prior_info["name"], "prior_version": prior_info["version"],
-            "vqvae_name": vqvae_info["name"], "vqvae_version": vqvae_info["version"]}
-    with tracking.start_run(experiment_id, f"sample-{settings.data.name}-v{prior_info['version']}", tags=tags):
-        mlflow.log_params({"per_class": s.per_class, "temperature": s.temperature, "seed": s.seed,
-                           "prior_uri": prior_uri, "vqvae_uri": vqvae_uri})
-        mlflow.log_metric("seconds", seconds)
-        for path in paths:
-            mlflow.log_artifact(path, "samples")
-    print(paths[0], flush=True)
-    return paths[0]
+    return settings.modality.write(rows, stem, settings.data)

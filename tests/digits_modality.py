@@ -74,7 +74,7 @@ class Digits(Modality):
                      code_dim=stage1.code_dim, beta=stage1.beta, ema=stage1.ema, decay=stage1.decay,
                      dead_code_steps=stage1.dead_code_steps)
 
-    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec]):
+    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None, data=None):
         from pipeline.models.pixelcnn import GatedPixelCNN
 
         return GatedPixelCNN(codebook_size=codebook_size, num_classes=0, hidden=stage2.hidden,

@@ -142,3 +142,41 @@ def test_tiny_model_learns_to_reconstruct_structured_images():
     # and well below what a model that only kept each image's mean colour would reach
     per_image_mean = F.mse_loss(x.mean((2, 3), keepdim=True).expand_as(x), x).item()
     assert final < 0.5 * per_image_mean, (per_image_mean, final)
+
+
+@pytest.mark.parametrize("temporal, latent, per_code", [(0, (8, 4, 4), 3 * 16), (1, (4, 4, 4), 3 * 32),
+                                                        (2, (2, 4, 4), 3 * 64)])
+def test_video_downsamples_time_only_as_often_as_asked(temporal, latent, per_code):
+    model = VQVAE(in_channels=3, hidden=8, num_res_blocks=1, num_downsamples=2, codebook_size=16, code_dim=4,
+                  spatial_dims=3, temporal_downsamples=temporal)
+    x = torch.randn(2, 3, 8, 16, 16)
+    assert model.latent_shape((8, 16, 16)) == latent
+    assert model.encode(x).shape == (2, *latent)
+    assert model(x).recon.shape == x.shape
+    assert model.input_dims_per_code == per_code
+    mask = torch.ones(2, 8, 16, 16, dtype=torch.bool)
+    assert model.latent_mask(mask, latent).shape == (2, *latent)
+    again = VQVAE.from_config(model.config)
+    assert again.config["temporal_downsamples"] == temporal
+    again.load_state_dict(model.state_dict())
+    assert torch.equal(again.encode(x), model.encode(x))
+
+
+def test_per_frame_latents_see_only_neighbouring_frames():
+    """temporal_downsamples=0: a code of frame t depends on frames t-k .. t+k only (k = the
+    encoder's temporal reach: one frame per 3-frame conv), not on far frames."""
+    torch.manual_seed(0)
+    model = VQVAE(in_channels=3, hidden=8, num_res_blocks=0, num_downsamples=2, codebook_size=16, code_dim=4,
+                  spatial_dims=3, temporal_downsamples=0)
+    x = torch.randn(1, 3, 10, 16, 16, requires_grad=True)
+    model.encoder(x)[:, :, 0].sum().backward()
+    reach = x.grad.abs().sum(dim=(0, 1, 3, 4))
+    assert (reach[:2] > 0).all() and (reach[3:] == 0).all()  # two 3-frame convs: frames 0..2 at most
+
+
+def test_temporal_downsamples_are_for_3d_only():
+    with pytest.raises(ValueError, match="temporal_downsamples is for 3-D inputs"):
+        VQVAE(spatial_dims=2, temporal_downsamples=0)
+    with pytest.raises(ValueError, match="temporal_downsamples is for 3-D inputs"):
+        VQVAE(spatial_dims=3, num_downsamples=2, temporal_downsamples=3)
+    assert "temporal_downsamples" not in VQVAE(spatial_dims=2).config  # older image models load as they were

@@ -54,7 +54,7 @@ def write_shard(task: dict, *, data: dict, out: str) -> dict:
                 if item.skip:
                     raise SkipSample(item.skip)
                 example = modality.preprocess(fsx.read_bytes(fs_in, item.path), item, config)
-                members = modality.to_members(example)
+                made = [(key, modality.to_members(sample)) for key, sample in modality.samples_of(example, item.key, config)]
                 notes.update(modality.notes(example))
                 stats.update(modality.tally(example))
             except SkipSample as e:
@@ -63,9 +63,10 @@ def write_shard(task: dict, *, data: dict, out: str) -> dict:
             except OSError as e:  # unreadable file: permissions, vanished, I/O error
                 skipped.append({"path": item.path, "reason": f"unreadable: {e}"})
                 continue
-            for ext, payload in members.items():
-                _tar_member(tar, f"{item.key}.{ext}", payload)
-            samples += 1
+            for key, members in made:
+                for ext, payload in members.items():
+                    _tar_member(tar, f"{key}.{ext}", payload)
+            samples += len(made)
     data = buf.getvalue()
     relative = f"{task['split']}/{shard_name(task['split'], task['index'])}"
     fsx.write_atomic(fs_out, f"{out_base}/{relative}", data)

@@ -152,6 +152,11 @@ class Modality:
         """A raw file's bytes -> the example to store; raises SkipSample(reason)."""
         raise NotImplementedError
 
+    def samples_of(self, example: Any, key: str, data: DataSection) -> list[tuple[str, Any]]:
+        """The samples one preprocessed input makes, each with its key (unique, no dots): the
+        input itself here; the windows of a clip for video. `notes` and `tally` see the input."""
+        return [(key, example)]
+
     def notes(self, example: Any) -> list[str]:
         """Warnings about a kept example (e.g. "upsampled"): the shard manifest counts them."""
         return []
@@ -192,7 +197,10 @@ class Modality:
         decoder needs the number of speakers)."""
         raise NotImplementedError
 
-    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec]) -> torch.nn.Module:
+    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec],
+                    latent_shape: list[int] | None = None, data: DataSection | None = None) -> torch.nn.Module:
+        """The stage-2 model over the codes; `latent_shape` is their shape when it is fixed (None
+        when it varies), `data` the data section (a video prior needs the window's frames)."""
         raise NotImplementedError
 
     # scoring and writing ----------------------------------------------------------
@@ -221,6 +229,15 @@ class Modality:
         per class. Written atomically; returns the paths, the main one first."""
         raise NotImplementedError
 
+    def draw_samples(self, settings, prior, vqvae, meta: dict, device, stem: str) -> tuple[list[str], dict]:
+        """What jobs/sample.py makes with the prior and the decoder: the files (at `stem` + an
+        extension, the main one first) and metrics to log. Here: `sample.per_class` samples of each
+        class (or unconditional ones) drawn in one batch, decoded and written by `write`. Video
+        overrides it: it continues val windows under their true and shuffled actions."""
+        from pipeline.sampling import draw_per_class
+
+        return draw_per_class(settings, prior, vqvae, meta, device, stem), {}
+
     def evaluate_model(self, settings, model_uri: str) -> dict:
         """Scores beyond validation's, computed once stage 1 registered the model at `model_uri`
         and logged on its MLflow run (speech: voice conversion). None here."""
@@ -235,7 +252,8 @@ class Modality:
 # ---- the registry --------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Modality] = {}
-_BUILTIN = {"image": "pipeline.modalities.image", "speech": "pipeline.modalities.speech"}
+_BUILTIN = {"image": "pipeline.modalities.image", "speech": "pipeline.modalities.speech",
+            "video": "pipeline.modalities.video"}
 DEFAULT = "image"  # what a config without data.modality means
 
 

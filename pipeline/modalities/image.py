@@ -194,7 +194,7 @@ class ImageModality(Modality):
                      codebook_size=stage1.codebook_size, code_dim=stage1.code_dim, beta=stage1.beta,
                      ema=stage1.ema, decay=stage1.decay, dead_code_steps=stage1.dead_code_steps)
 
-    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec]):
+    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None, data=None):
         from pipeline.models.pixelcnn import GatedPixelCNN
 
         return GatedPixelCNN(codebook_size=codebook_size, num_classes=cond[COND].size if COND in cond else 0,

@@ -430,7 +430,8 @@ class SpeechModality(Modality):
                            wavenet_layers=stage1.wavenet_layers, wavenet_cycle=stage1.wavenet_cycle,
                            cond_channels=stage1.cond_channels)
 
-    def build_prior(self, stage2: SpeechStage2, codebook_size: int, cond: dict[str, CondSpec]):
+    def build_prior(self, stage2: SpeechStage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None,
+                    data=None):
         from pipeline.models.speech import CodePrior
 
         return CodePrior(codebook_size, num_speakers=cond[SPEAKER].size if SPEAKER in cond else 0,

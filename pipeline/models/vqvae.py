@@ -8,7 +8,10 @@
 
 Section 4.2: the encoder is strided 4x4 convs (stride 2) and two residual blocks (ReLU, 3x3 conv,
 ReLU, 1x1 conv) of 256 hidden units; the decoder mirrors it with transposed convs. The same
-module works on 1-, 2- and 3-D inputs (`spatial_dims`); the model owns its loss, so training
+module works on 1-, 2- and 3-D inputs (`spatial_dims`). For video (3-D: time, height, width),
+`temporal_downsamples` says how many of the strided layers also halve time; the others stride
+(1, 2, 2) with a window of 3 frames, so 0 keeps one latent grid per frame (the paper's section
+4.4: 84x84 -> 21x21 per frame) and 1 or 2 halve time as VideoGPT does. The model owns its loss, so training
 loops and benchmarks never rebuild eq. 3. Where lengths vary, `mask` (B, *spatial) marks the real
 positions: the reconstruction loss and the quantizer's statistics ignore the rest.
 """
@@ -82,19 +85,35 @@ class VQVAE(nn.Module):
         decay: float = 0.99,
         dead_code_steps: int = 0,
         spatial_dims: int = 2,
+        temporal_downsamples: int | None = None,
     ):
         super().__init__()
         if spatial_dims not in _CONV:
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
         if num_downsamples < 1:
             raise ValueError(f"num_downsamples must be >= 1, got {num_downsamples}")
+        if temporal_downsamples is not None and (spatial_dims != 3 or not 0 <= temporal_downsamples <= num_downsamples):
+            raise ValueError(f"temporal_downsamples is for 3-D inputs, 0 .. num_downsamples={num_downsamples}; "
+                             f"got {temporal_downsamples} with spatial_dims={spatial_dims}")
         self.config: dict[str, Any] = dict(
             in_channels=in_channels, hidden=hidden, res_hidden=res_hidden,
             num_res_blocks=num_res_blocks, num_downsamples=num_downsamples,
             codebook_size=codebook_size, code_dim=code_dim, beta=beta, ema=ema, decay=decay,
             dead_code_steps=dead_code_steps, spatial_dims=spatial_dims,
         )  # fmt: skip
+        if temporal_downsamples is not None:  # absent from the configs of 1-/2-D models
+            self.config["temporal_downsamples"] = temporal_downsamples
         self.spatial_dims, self.num_downsamples = spatial_dims, num_downsamples
+        # Per strided layer, the factor of each spatial dim: 2 everywhere, except time (the
+        # first of 3) after its `temporal_downsamples` layers.
+        temporal = num_downsamples if temporal_downsamples is None else temporal_downsamples
+        self.strides = [tuple(1 if (d == 0 and spatial_dims == 3 and i >= temporal) else 2 for d in range(spatial_dims))
+                        for i in range(num_downsamples)]
+
+        def strided(layer, c_in: int, c_out: int, stride: tuple[int, ...]) -> nn.Module:
+            # stride 2: window 4, padding 1 (halves); stride 1: window 3, padding 1 (keeps)
+            return layer(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride=stride, padding=1)
+
         conv, conv_t = _CONV[spatial_dims], _CONV_TRANSPOSE[spatial_dims]
         res_hidden = hidden if res_hidden is None else res_hidden  # the paper: all 256
 
@@ -102,7 +121,7 @@ class VQVAE(nn.Module):
         for i in range(num_downsamples):
             if i > 0:
                 encoder.append(nn.ReLU())
-            encoder.append(conv(in_channels if i == 0 else hidden, hidden, 4, stride=2, padding=1))
+            encoder.append(strided(conv, in_channels if i == 0 else hidden, hidden, self.strides[i]))
         encoder += [ResidualBlock(conv, hidden, res_hidden) for _ in range(num_res_blocks)]
         encoder += [nn.ReLU(), conv(hidden, code_dim, kernel_size=1)]
         self.encoder = nn.Sequential(*encoder)
@@ -117,7 +136,7 @@ class VQVAE(nn.Module):
         decoder.append(nn.ReLU())
         for i in range(num_downsamples):
             last = i == num_downsamples - 1
-            decoder.append(conv_t(hidden, in_channels if last else hidden, 4, stride=2, padding=1))
+            decoder.append(strided(conv_t, hidden, in_channels if last else hidden, self.strides[-1 - i]))
             if not last:
                 decoder.append(nn.ReLU())
         # No output activation: the reconstruction lives in the input's normalised space.
@@ -132,8 +151,8 @@ class VQVAE(nn.Module):
         if len(input_shape) != self.spatial_dims:
             raise ValueError(f"expected {self.spatial_dims} spatial sizes, got {input_shape}")
         shape = tuple(input_shape)
-        for _ in range(self.num_downsamples):
-            shape = tuple((size + 2 * 1 - 4) // 2 + 1 for size in shape)  # k=4, s=2, p=1
+        for stride in self.strides:  # k=4, s=2, p=1 halves; k=3, s=1, p=1 keeps
+            shape = tuple((size + 2 * 1 - 4) // 2 + 1 if s == 2 else size for size, s in zip(shape, stride))
         if min(shape) < 1:
             raise ValueError(
                 f"input {tuple(input_shape)} is too small for {self.num_downsamples} downsamplings"
@@ -143,14 +162,14 @@ class VQVAE(nn.Module):
     @property
     def input_dims_per_code(self) -> int:
         """Input dimensions (channels x positions) that one latent code stands for."""
-        return self.config["in_channels"] * 2 ** (self.num_downsamples * self.spatial_dims)
+        return self.config["in_channels"] * 2 ** sum(s == 2 for stride in self.strides for s in stride)
 
     def latent_mask(self, mask: Tensor | None, latent: tuple[int, ...]) -> Tensor | None:
         """The input mask at the latents' resolution: a code is real when its first input is."""
         if mask is None:
             return None
-        step = 2 ** self.num_downsamples
-        return mask[(slice(None), *(slice(0, n * step, step) for n in latent))]
+        steps = [2 ** sum(stride[d] == 2 for stride in self.strides) for d in range(self.spatial_dims)]
+        return mask[(slice(None), *(slice(0, n * step, step) for n, step in zip(latent, steps)))]
 
     def forward(self, x: Tensor, cond: dict[str, Tensor] | None = None, mask: Tensor | None = None) -> VQVAEOutput:
         """`cond` is accepted for a common signature with conditional decoders and not used."""

@@ -67,7 +67,8 @@ def codes_info(settings: Settings, vqvae: dict) -> dict:
 
 
 def build_prior(settings: Settings, info: dict) -> torch.nn.Module:
-    return settings.modality.build_prior(settings.stage2, info["codebook_size"], codeset.cond_specs(info))
+    return settings.modality.build_prior(settings.stage2, info["codebook_size"], codeset.cond_specs(info),
+                                         latent_shape=info["latent_shape"], data=settings.data)
 
 
 def run_name(settings: Settings, info: dict) -> str:
