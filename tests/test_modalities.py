@@ -37,7 +37,9 @@ def demo(request, tmp_path_factory):
     listing = modality.find(data)
     items, members = [], []
     for raw in listing.splits["train"][:4]:
-        m = modality.to_members(modality.preprocess(Path(raw.path).read_bytes(), raw, data))
+        made = modality.samples_of(modality.preprocess(Path(raw.path).read_bytes(), raw, data), raw.key, data)
+        assert made and all(re.fullmatch(r"[A-Za-z0-9_-]+", key) for key, _ in made)
+        m = modality.to_members(made[0][1])
         members.append(m)
         items.append(modality.from_members(m))
     return modality, data, listing, members, items
@@ -60,7 +62,9 @@ def test_find_gives_both_splits_with_unique_keys_and_known_conditioning(demo):
     for item in listing.splits["train"]:
         assert set(item.cond) == set(listing.cond)
         for name, spec in listing.cond.items():
-            assert spec.kind in ("class", "sequence") and 0 <= item.cond[name] < spec.size
+            assert spec.kind in ("class", "sequence")
+            ids = item.cond[name] if spec.kind == "sequence" else [item.cond[name]]
+            assert all(0 <= i < spec.size for i in ids)
 
 
 def test_members_are_bytes_under_plain_extensions_and_read_back(demo):
@@ -75,14 +79,12 @@ def test_members_are_bytes_under_plain_extensions_and_read_back(demo):
 
 
 def test_preprocess_refuses_junk_with_a_reason(demo):
-    modality, data, listing, _, _ = demo
+    modality, data, listing, members, _ = demo
     with pytest.raises(SkipSample) as e:
         modality.preprocess(b"certainly not data", listing.splits["train"][0], data)
     assert str(e.value)
     with pytest.raises(Exception):  # a corrupt sample: the readers skip and count whatever it raises
-        modality.from_members({k: b"junk" for k in modality.to_members(
-            modality.preprocess(Path(listing.splits["train"][0].path).read_bytes(), listing.splits["train"][0],
-                                data))})
+        modality.from_members({k: b"junk" for k in members[0]})
 
 
 def test_models_batches_metrics_and_files_fit_together(demo, tmp_path):
@@ -112,7 +114,8 @@ def test_models_batches_metrics_and_files_fit_together(demo, tmp_path):
 
     codes = autoencoder.encode(batch.x, batch.cond)
     assert codes.shape == out.vq.indices.shape
-    prior = modality.build_prior(tiny(modality.Stage2Config, TINY_STAGE2), 16, listing.cond)
+    prior = modality.build_prior(tiny(modality.Stage2Config, TINY_STAGE2), 16, listing.cond,
+                                 latent_shape=list(codes.shape[1:]) if batch.mask is None else None, data=data)
     assert prior.role == "prior"
     assert torch.isfinite(prior(codes, batch.cond).loss)
 

@@ -1,0 +1,119 @@
+"""Sampling for video (jobs/sample.py): continue real val windows in latent space, and show that
+the actions steer what the prior generates.
+
+For `sample.windows` val windows (spread over the val split), the VQ-VAE encodes each window; the
+prior is given the codes of the first `sample.given_frames` frames and the window's actions and
+generates the codes of the rest (ancestral sampling, raster order over time, row, column); the
+decoder turns them into frames. The same runs with the actions shuffled between the windows
+(each window gets the next one's), and the PSNR of the generated frames against the real ones
+is logged for both: with true actions it must be clearly higher if the prior uses them. A
+counterfactual continues the first window under two constant action sequences.
+
+Files, at `<workdir>/samples/samples-<prior version>`:
+- `.gif` / `.mp4`: a row per window: real | generated with its actions | generated with shuffled actions
+- `.png`: the first windows frame by frame: generated (the given frames are the reconstruction
+  of their codes) above real
+- `-counterfactual.png` / `.gif`: real, then generated with the true actions, then under
+  "always <action a>" and "always <action b>" (the two actions most frequent in the windows)
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+
+def _frame_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over frames of each frame's PSNR; a, b (N, 3, T, H, W) in [-0.5, 0.5]."""
+    mse = (a.float().clamp(-0.5, 0.5) - b.float()).square().mean(dim=(1, 3, 4)).clamp(min=1e-12)
+    return (10 * torch.log10(1.0 / mse)).mean().item()
+
+
+def _val_windows(settings, count: int):
+    """`count` val windows spread over the split (x, cond, keys)."""
+    from pipeline.data.reader import SkipCounter, eval_batches, shard_urls
+
+    modality = settings.modality
+    _, urls = shard_urls(settings.shards_dir, "val")
+    skips = SkipCounter(f"the val shards of {settings.shards_dir}")
+    items = []
+    for batch in eval_batches(urls, 64, 0, 1, modality, skips):
+        items += [(batch.x[i], {k: v[i] for k, v in batch.cond.items()}, batch.keys[i]) for i in range(len(batch))]
+        if len(items) >= 64 * count:
+            break
+    if len(items) < count:
+        raise UserError(f"{settings.shards_dir}: the val split has {len(items)} windows; sample.windows={count}")
+    picked = [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+    x = torch.stack([x for x, _, _ in picked])
+    cond = {k: torch.stack([c[k] for _, c, _ in picked]) for k in picked[0][1]}
+    return x, cond, [key for _, _, key in picked]
+
+
+def continue_windows(settings, prior, vqvae, meta: dict, device, stem: str) -> tuple[list[str], dict]:
+    from pipeline.modalities.video import ACTIONS, video_pixels, write_clips, write_gif, animate, strip, _atomic
+
+    s, data = settings.sample, settings.data
+    x, cond, keys = _val_windows(settings, s.windows)
+    n, frames = len(x), x.shape[2]
+    with torch.no_grad():
+        codes = vqvae.encode(x.to(device)).cpu()
+    steps = codes.shape[1]
+    per_step = frames // steps
+    if s.given_frames % per_step or not 0 < s.given_frames < frames:
+        raise UserError(f"sample.given_frames={s.given_frames} must be a multiple of {per_step} (frames per latent "
+                        f"step) below data.frames={frames}")
+    given = codes[:, : s.given_frames // per_step]
+    runs = {"true": cond}  # name -> conditioning of n windows
+    has_actions = ACTIONS in cond
+    if has_actions:
+        runs["shuffled"] = {**cond, ACTIONS: cond[ACTIONS].roll(1, 0)}
+        counts = torch.bincount(cond[ACTIONS].flatten(), minlength=2)
+        a, b = counts.argsort(descending=True)[:2].tolist()
+        first = {k: v[:1] for k, v in cond.items()}
+        for name, action in (("always_a", a), ("always_b", b)):
+            acts = first[ACTIONS].clone()
+            acts[:, s.given_frames - 1:] = action  # from the action that drives the first generated frame
+            runs[name] = {**first, ACTIONS: acts}
+    names = list(runs)
+    cond_all = {k: torch.cat([runs[r][k] for r in names]) for k in cond}
+    sizes = [len(next(iter(runs[r].values()))) if runs[r] else n for r in names]
+    given_all = torch.cat([given[:size] for size in sizes])
+    generator = torch.Generator().manual_seed(s.seed)
+    start = time.perf_counter()
+    drawn = prior.sample({k: v.to(device) for k, v in cond_all.items()} or None, shape=tuple(codes.shape[1:]),
+                         temperature=s.temperature, generator=generator, num_samples=len(given_all),
+                         given=given_all.to(device))
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        out = vqvae.decode_indices(drawn.to(device)).float().cpu()
+        recon = vqvae.decode_indices(codes.to(device)).float().cpu()
+    bounds = np.cumsum([0, *sizes])
+    made = {r: out[bounds[i]:bounds[i + 1]] for i, r in enumerate(names)}
+    later = slice(s.given_frames, None)
+    metrics = {"sample_psnr_true_actions" if has_actions else "sample_psnr": _frame_psnr(made["true"][:, :, later], x[:, :, later]),
+               "sample_psnr_reconstruction": _frame_psnr(recon[:, :, later], x[:, :, later]),
+               "sample_seconds_per_window": seconds / len(given_all), "windows": float(n)}
+    if has_actions:
+        metrics["sample_psnr_shuffled_actions"] = _frame_psnr(made["shuffled"][:, :, later], x[:, :, later])
+
+    real = [video_pixels(v) for v in x]
+    rows = [[real[i], video_pixels(made["true"][i])] + ([video_pixels(made["shuffled"][i])] if has_actions else [])
+            for i in range(n)]
+    paths = write_clips(rows, stem, data.display_fps)
+    # the strip: the first two windows, generated above real
+    picture = strip([video_pixels(made["true"][i]) if j == 0 else real[i] for i in range(min(2, n)) for j in (0, 1)])
+    paths[2] = _atomic(f"{stem}.png", picture.save)
+    if has_actions:
+        counter = [real[0], video_pixels(made["true"][0]), video_pixels(made["always_a"][0]),
+                   video_pixels(made["always_b"][0])]
+        paths.append(_atomic(f"{stem}-counterfactual.png", strip(counter).save))
+        paths.append(write_gif(animate([counter]), f"{stem}-counterfactual.gif", data.display_fps))
+        from pipeline.sampling import prior_cond
+
+        vocabulary = prior_cond(meta)[ACTIONS].names or tuple(map(str, range(max(a, b) + 1)))
+        print(f"sample {data.name}: counterfactual rows: real, true actions, always {vocabulary[a]!r}, "
+              f"always {vocabulary[b]!r} -> {stem}-counterfactual.png", flush=True)
+    return paths, metrics
