@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-speech test install clean bench
+.PHONY: demo demo-speech demo-video test install clean bench
 
 $(VENV)/.installed: pyproject.toml
 	@# The speech demo synthesizes its voices with espeak-ng, a system package: installed here
@@ -25,6 +25,9 @@ demo: install
 
 demo-speech: install
 	$(PY) jobs/pipeline.py --config configs/demo-speech.yaml
+
+demo-video: install
+	$(PY) jobs/pipeline.py --config configs/demo-video.yaml
 
 # The GPU tests (tests/test_gpu.py) run with  pytest -m gpu  on a machine with one.
 # Two test processes share the 2 cores (each test mostly waits on Ray and its jobs); the Ray

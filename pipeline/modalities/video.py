@@ -264,16 +264,26 @@ def write_mp4(frames: list[Image.Image], path: str, fps: float) -> str:
     return _atomic(path, save)
 
 
+SHOWN_SIZE = 96  # smaller frames are enlarged (nearest neighbour) in the files written for people
+
+
+def enlarge(clip: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> each pixel repeated so the frames are at least SHOWN_SIZE high."""
+    factor = -(-SHOWN_SIZE // clip.shape[1])
+    return clip if factor <= 1 else clip.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
 def animate(rows: list[list[np.ndarray]]) -> list[Image.Image]:
     """Rows of clips (each uint8 (T, H, W, 3); T may differ) -> one picture per time step, a grid
     with a row per list item; a clip that has ended shows its last frame."""
+    rows = [[enlarge(c) for c in row] for row in rows]
     length = max(len(c) for row in rows for c in row)
     return [grid([np.stack([c[min(t, len(c) - 1)] for c in row]) for row in rows]) for t in range(length)]
 
 
 def strip(rows: list[np.ndarray]) -> Image.Image:
     """Clips (each uint8 (T, H, W, 3)) -> one picture, a clip's frames left to right per row."""
-    return grid(list(rows))
+    return grid([enlarge(c) for c in rows])
 
 
 def write_clips(rows: list[list[np.ndarray]], path_stem: str, fps: float) -> list[str]:

@@ -13,7 +13,8 @@ video, (B, T, H, W) int64 (T latent time steps of H x W grids), modelled autoreg
 
 Input to position i: the embedding of the code at i-1 (a learnt start vector at i = 0), plus
 learnt (factorised) embeddings of i's time step, row and column, plus the action conditioning of
-i's time step, plus the class embedding. The output at i: logits over the codebook for the code at
+i's time step, plus the class embedding, plus (from the second time step on) a 3x3 conv over
+the embeddings of the previous time step's codes around i's row and column. The output at i: logits over the codebook for the code at
 i, so the logits at i depend only on the codes strictly before i.
 
 Action convention (that of the video data, gym / ViZDoom step): `actions[j]`, one per INPUT frame,
@@ -102,6 +103,7 @@ class VideoPrior(nn.Module):
         num_layers: int = 4,
         num_heads: int = 4,
         dropout: float = 0.0,
+        previous_frame: bool = True,
     ):
         super().__init__()
         latent_shape = tuple(int(n) for n in latent_shape)
@@ -126,7 +128,7 @@ class VideoPrior(nn.Module):
             codebook_size=codebook_size, latent_shape=list(latent_shape), num_actions=num_actions,
             frames_per_step=frames_per_step, num_frames=num_frames, num_classes=num_classes,
             action_key=action_key, class_key=class_key, d_model=d_model, num_layers=num_layers,
-            num_heads=num_heads, dropout=dropout,
+            num_heads=num_heads, dropout=dropout, previous_frame=previous_frame,
         )
         self.codebook_size, self.latent_shape = codebook_size, latent_shape
         self.num_actions, self.frames_per_step, self.num_frames = num_actions, frames_per_step, num_frames
@@ -143,6 +145,11 @@ class VideoPrior(nn.Module):
         # index num_actions: the start action (nothing drives frame 0)
         self.action_embedding = nn.Embedding(num_actions + 1, d_model) if num_actions else None
         self.class_embedding = nn.Embedding(num_classes, d_model) if num_classes else None
+        # The codes of the previous time step around each position (a 3x3 conv over their
+        # embeddings): the whole previous step comes before any position of this one, so this
+        # keeps the order causal, and it hands every position the place it most likely copies or
+        # shifts from (a turn moves the view sideways by about a code per frame).
+        self.previous = nn.Conv2d(d_model, d_model, 3, padding=1) if previous_frame and t > 1 else None
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d_model, num_heads, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
@@ -213,11 +220,25 @@ class VideoPrior(nn.Module):
             out = vec if out is None else out + vec
         return out
 
+    def _previous_step(self, grid: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """(B, last - first + 1, H * W, d): for each time step first .. last, the previous step's
+        codes in `grid` (B, T, H, W) seen through the 3x3 conv (zeros for step 0)."""
+        b, (_, h, w) = grid.shape[0], self.latent_shape
+        out = torch.zeros(b, last - first + 1, h * w, self.d_model, device=grid.device,
+                          dtype=self.code_embedding.weight.dtype)
+        lo = max(first, 1)
+        if lo <= last:
+            e = self.code_embedding(grid[:, lo - 1:last])  # (B, n, H, W, d)
+            n = e.shape[1]
+            f = self.previous(e.reshape(b * n, h, w, -1).permute(0, 3, 1, 2))  # (B*n, d, H, W)
+            out[:, lo - first:] = f.reshape(b, n, -1, h * w).transpose(2, 3).to(out.dtype)
+        return out
+
     def _inputs(self, prev_codes: torch.Tensor, start: int, step_cond: torch.Tensor | None,
-                with_start: bool) -> torch.Tensor:
+                with_start: bool, grid: torch.Tensor) -> torch.Tensor:
         """Transformer inputs at positions start .. start+L-1. prev_codes (B, L') are the codes at
         the positions before each (one fewer than L when with_start: position 0 takes the start
-        vector)."""
+        vector); grid (B, T, H, W) holds at least every time step before the last position's."""
         x = self.code_embedding(prev_codes)
         if with_start:
             x = torch.cat([self.start.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
@@ -226,6 +247,10 @@ class VideoPrior(nn.Module):
         x = x + self.time_embedding(t) + self.row_embedding(r) + self.column_embedding(c)
         if step_cond is not None:
             x = x + step_cond[:, t]
+        if self.previous is not None:
+            first = int(t[0])
+            previous = self._previous_step(grid, first, int(t[-1]))
+            x = x + previous[:, t - first, r * self.latent_shape[2] + c]
         return self.drop(x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,7 +268,7 @@ class VideoPrior(nn.Module):
         self._check_codes(codes)
         b = codes.shape[0]
         step_cond = self._condition(cond, b, codes.device)
-        x = self._inputs(codes.reshape(b, -1)[:, :-1], 0, step_cond, with_start=True)
+        x = self._inputs(codes.reshape(b, -1)[:, :-1], 0, step_cond, with_start=True, grid=codes)
         for block in self.blocks:
             x = block(x)
         out = self._head(x)  # (B, N, K)
@@ -321,7 +346,7 @@ class VideoPrior(nn.Module):
         self.eval()
         try:
             # prefill: positions 0 .. first (inputs: start, codes 0 .. first-1) -> logits of `first`
-            x = self._inputs(flat[:, :first], 0, step_cond, with_start=True)
+            x = self._inputs(flat[:, :first], 0, step_cond, with_start=True, grid=codes)
             pos = 0
             for position in range(first, n):
                 for block, kv in zip(self.blocks, cache):
@@ -329,7 +354,7 @@ class VideoPrior(nn.Module):
                 flat[:, position] = self._draw(self._head(x[:, -1]), temperature, generator).to(flat.device)
                 pos = position + 1
                 if pos < n:
-                    x = self._inputs(flat[:, position:pos], pos, step_cond, with_start=False)
+                    x = self._inputs(flat[:, position:pos], pos, step_cond, with_start=False, grid=codes)
         finally:
             self.train(was_training)
         return codes
