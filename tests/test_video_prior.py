@@ -56,6 +56,38 @@ def test_causal_over_the_whole_window():
             assert diff[j + 1:].max().item() > 1e-4, f"position {j} reaches no later position"
 
 
+@pytest.mark.parametrize("previous_frame", [True, False])
+def test_gradients_reach_only_earlier_codes_over_the_whole_window(previous_frame):
+    """For every position i, the gradient of its logits reaches the embeddings of the codes
+    strictly before i (through the previous code and the previous step's 3x3 conv) and no other."""
+    prior = conditioned(previous_frame=previous_frame)
+    codes = torch.randint(0, K, (1, *prior.latent_shape), generator=torch.Generator().manual_seed(3))
+    n = codes[0].numel()
+    for i in range(n):
+        seen = []  # every output of the code embedding, as leaves
+
+        def hook(module, inputs, output):
+            output.retain_grad()
+            seen.append((inputs[0], output))
+
+        handle = prior.code_embedding.register_forward_hook(hook)
+        try:
+            prior.logits(codes, cond_for(prior, batch=1)).flatten(2)[0, :, i].sum().backward()
+        finally:
+            handle.remove()
+        assert len(seen) == (2 if previous_frame else 1)
+        reach = torch.zeros(n)
+        # Either call embeds codes from the first on in raster order: the previous codes (B, N - 1)
+        # and the previous steps' codes (B, T - 1, H, W); embedded row k stands for code k.
+        for _, output in seen:
+            if output.grad is not None:
+                rows = output.grad.abs().sum(-1).flatten()
+                reach[: rows.numel()] += rows
+        assert (reach[i:] == 0).all(), (i, reach)
+        if i > 0:
+            assert reach[i - 1] > 0, i  # the code just before always reaches it
+
+
 @pytest.mark.parametrize("frames_per_step", [1, 2])
 def test_action_j_drives_the_step_holding_frame_j_plus_1(frames_per_step):
     prior = conditioned(frames_per_step)
