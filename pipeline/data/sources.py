@@ -78,7 +78,7 @@ def _list_local(path: str, is_candidate) -> tuple[list[str], list[str], list[dic
     return files, dirs, skipped
 
 
-def _list_dir(fs: pafs.FileSystem, path: str, is_candidate) -> tuple[list[str], list[str], list[dict]]:
+def list_dir(fs: pafs.FileSystem, path: str, is_candidate) -> tuple[list[str], list[str], list[dict]]:
     """(candidate files, subfolders, skipped {path, reason}) of one folder."""
     if isinstance(fs, pafs.LocalFileSystem):
         return _list_local(path, is_candidate)
@@ -93,7 +93,7 @@ def _list_dir(fs: pafs.FileSystem, path: str, is_candidate) -> tuple[list[str], 
 
 def _list_class_dir(fs, path: str, is_candidate) -> tuple[list[str], list[dict]]:
     """The inputs of one class folder; folders in it named like inputs are skipped with a reason."""
-    files, dirs, skipped = _list_dir(fs, path, is_candidate)
+    files, dirs, skipped = list_dir(fs, path, is_candidate)
     skipped += [{"path": d, "reason": "a folder, not a file"} for d in dirs if is_candidate(d.rsplit("/", 1)[-1])]
     return files, skipped
 
@@ -142,12 +142,12 @@ def list_class_layout(root: str, val_fraction: float, seed: int, is_candidate, c
     links, folders named like inputs)."""
     check_root(root)
     fs, base = filesystem(root)
-    _, train_dirs, skipped = _list_dir(fs, f"{base}/train", is_candidate)
+    _, train_dirs, skipped = list_dir(fs, f"{base}/train", is_candidate)
     if not train_dirs:
         raise UserError(f"data.root has no train/<class>/ folders: {root}")
     classes = [d.rsplit("/", 1)[-1] for d in train_dirs]
     index = {c: i for i, c in enumerate(classes)}
-    val_files, val_dirs, val_skipped = _list_dir(fs, f"{base}/val", is_candidate)
+    val_files, val_dirs, val_skipped = list_dir(fs, f"{base}/val", is_candidate)
     skipped += val_skipped
 
     jobs = [("train", c, d) for c, d in zip(classes, train_dirs)]

@@ -230,7 +230,7 @@ def _utterance_key(speaker: str, stem: str, layout: str, mic: str) -> str | None
 def list_speech(data: SpeechData) -> tuple[list[str], dict[str, list[RawItem]], list[dict], dict]:
     """-> (speakers, splits, skipped, manifest fields) for data.root in any supported layout."""
     from pipeline.data import fs as fsx
-    from pipeline.data.sources import _list_dir
+    from pipeline.data.sources import list_dir
 
     fs, base = fsx.filesystem(data.root)
     if not fsx.isdir(fs, base):
@@ -241,7 +241,7 @@ def list_speech(data: SpeechData) -> tuple[list[str], dict[str, list[RawItem]], 
         raise UserError(f"data.root has no {audio_dir.rsplit('/', 1)[-1]}/ folder (data.layout: {layout}): {data.root}")
     is_audio = (lambda n: n.lower().endswith(".flac")) if layout == "vctk-0.92" else \
         (lambda n: n.lower().endswith(EXTENSIONS))
-    loose, speaker_dirs, skipped = _list_dir(fs, audio_dir, is_audio)
+    loose, speaker_dirs, skipped = list_dir(fs, audio_dir, is_audio)
     skipped += [{"path": p, "reason": "not in a speaker folder"} for p in loose]
     info = {}
     if fsx.exists(fs, f"{base}/{INFO}"):
@@ -249,7 +249,7 @@ def list_speech(data: SpeechData) -> tuple[list[str], dict[str, list[RawItem]], 
     per_speaker: dict[str, list[RawItem]] = {}
     for folder in speaker_dirs:
         speaker = folder.rsplit("/", 1)[-1]
-        files, _, folder_skipped = _list_dir(fs, folder, is_audio)
+        files, _, folder_skipped = list_dir(fs, folder, is_audio)
         skipped += folder_skipped
         items = []
         for path in files:

@@ -297,75 +297,79 @@ def write_clips(rows: list[list[np.ndarray]], path_stem: str, fps: float) -> lis
 # ---- the listing -------------------------------------------------------------------------------
 
 
-def _read_json(path: str, what: str):
+def _read_json(fs, path: str, what: str):
+    from pipeline.data import fs as fsx
+
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(fsx.read_bytes(fs, path))
     except (OSError, ValueError) as e:
         raise ValueError(f"{what} {path} is not readable JSON: {e}") from None
 
 
-def _vocabulary(root: str) -> list[str] | None:
-    path = os.path.join(root, ACTIONS_FILE)
-    if not os.path.exists(path):
+def _vocabulary(fs, base: str, root: str) -> list[str] | None:
+    from pipeline.data import fs as fsx
+
+    path = f"{base}/{ACTIONS_FILE}"
+    if not fsx.exists(fs, path):
         return None
     try:
-        names = _read_json(path, "the action vocabulary")["names"]
+        names = _read_json(fs, path, "the action vocabulary")["names"]
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: expected {{\"names\": [...]}} ({e})") from None
+        raise UserError(f"{root}/{ACTIONS_FILE}: expected {{\"names\": [...]}} ({e})") from None
     if not isinstance(names, list) or not names:
-        raise UserError(f"{path}: \"names\" must be a non-empty list")
+        raise UserError(f"{root}/{ACTIONS_FILE}: \"names\" must be a non-empty list")
     return [str(n) for n in names]
 
 
-def _clip_actions(path: str) -> tuple[list[int] | None, str | None]:
+def _clip_actions(fs, path: str) -> tuple[list[int] | None, str | None]:
     """A clip's actions file -> (actions, None), (None, None) when there is none, or (None, reason)."""
-    stem = path.rsplit(".", 1)[0]
-    act = f"{stem}.actions.json"
-    if not os.path.exists(act):
+    from pipeline.data import fs as fsx
+
+    act = f"{path.rsplit('.', 1)[0]}.actions.json"
+    if not fsx.exists(fs, act):
         return None, None
     try:
-        actions = _read_json(act, "actions file")["actions"]
+        actions = _read_json(fs, act, "actions file")["actions"]
         if not isinstance(actions, list) or not all(isinstance(a, int) and not isinstance(a, bool) for a in actions):
             raise ValueError("\"actions\" must be a list of integers")
     except (ValueError, KeyError, TypeError) as e:
-        return None, f"bad actions file {os.path.basename(act)}: {e}"
+        return None, f"bad actions file {act.rsplit('/', 1)[-1]}: {e}"
     return actions, None
 
 
-def _clips(folder: str) -> tuple[list[str], list[str]]:
-    """(clip files, class folders) directly in `folder`."""
-    if not os.path.isdir(folder):
-        return [], []
-    files, dirs = [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir():
-            dirs.append(entry.path)
-        elif entry.is_file() and entry.name.lower().endswith(EXTENSIONS):
-            files.append(entry.path)
-    return files, dirs
+def _is_clip(name: str) -> bool:
+    return name.lower().endswith(EXTENSIONS)
 
 
 def _key(class_name: str | None, path: str) -> str:
-    stem = os.path.basename(path).rsplit(".", 1)[0]
+    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{class_name}-{stem}" if class_name else stem)
 
 
 def list_clips(data: VideoData) -> Listing:
+    """The clips of `data.root` (a local folder or a pyarrow filesystem URI: s3://, gs://)."""
+    from pipeline.data import fs as fsx
+    from pipeline.data.sources import list_dir
+
     root = data.root
-    if not os.path.isdir(os.path.join(root, "train")):
+    fs, base = fsx.filesystem(root)
+    if not fsx.isdir(fs, f"{base}/train"):
         raise UserError(f"data.root has no train/ folder of clips: {root}")
     found: dict[str, list[tuple[str | None, str]]] = {}
+    skipped: list[dict] = []
     for split in ("train", "val"):
-        files, dirs = _clips(os.path.join(root, split))
+        files, dirs, odd = list_dir(fs, f"{base}/{split}", _is_clip)
+        skipped += odd
         found[split] = [(None, p) for p in files]
         for d in dirs:
-            found[split] += [(os.path.basename(d), p) for p in _clips(d)[0]]
+            in_class, _, odd = list_dir(fs, d, _is_clip)
+            skipped += odd
+            found[split] += [(d.rstrip("/").rsplit("/", 1)[-1], p) for p in in_class]
     classes = sorted({c for c, _ in found["train"] if c})
     if classes and any(c is None for c, _ in found["train"]):
         raise UserError(f"{root}/train holds both clips and class folders: use one or the other")
-    names = _vocabulary(root)
-    actions = {p: _clip_actions(p) for s in found.values() for _, p in s}
+    names = _vocabulary(fs, base, root)
+    actions = {p: _clip_actions(fs, p) for s in found.values() for _, p in s}
     have_actions = names is not None or any(a is not None for a, _ in actions.values())
     if names is None and have_actions:
         top = max((max(a) for a, _ in actions.values() if a), default=0)
@@ -411,7 +415,7 @@ def list_clips(data: VideoData) -> Listing:
         cond[ACTIONS] = CondSpec("sequence", len(names), tuple(names))
     manifest = {"classes": classes, "action_names": names or [], "frame_size": data.frame_size,
                 "frames": data.frames, "window_stride": data.stride, "fps": data.fps}
-    return Listing(splits, cond, manifest)
+    return Listing(splits, cond, manifest, sorted(skipped, key=lambda s: s["path"]))
 
 
 # ---- the modality --------------------------------------------------------------------------------
