@@ -20,7 +20,7 @@ a resampled frame keeps the action of the source frame it came from.
 
 A sample is one window. Its tar members: `<key>.png`, the window's frames stacked top to bottom
 (frames x frame_size rows of frame_size RGB pixels; PNG is lossless, so training sees exactly what
-was stored, at ~1.5-2.5 bytes per pixel for rendered frames against 3 raw), `<key>.act` (the
+was stored; ~2 bytes per pixel for the demo's rendered 32x32 frames, tar headers included, against 3 raw), `<key>.act` (the
 window's actions as space-separated ids) when the data set has actions, and `<key>.cls` (the
 class id) when it has classes. The model sees float tensors (3, frames, H, W) in [-0.5, 0.5].
 """
