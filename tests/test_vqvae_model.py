@@ -162,16 +162,26 @@ def test_video_downsamples_time_only_as_often_as_asked(temporal, latent, per_cod
     assert torch.equal(again.encode(x), model.encode(x))
 
 
-def test_per_frame_latents_see_only_neighbouring_frames():
-    """temporal_downsamples=0: a code of frame t depends on frames t-k .. t+k only (k = the
-    encoder's temporal reach: one frame per 3-frame conv), not on far frames."""
+def test_per_frame_latents_see_their_own_frame_only():
+    """temporal_downsamples=0 (the paper's video model): a frame's codes depend on that frame alone
+    and decode to it alone; with 1, the time-keeping layers see neighbouring frames."""
     torch.manual_seed(0)
-    model = VQVAE(in_channels=3, hidden=8, num_res_blocks=0, num_downsamples=2, codebook_size=16, code_dim=4,
+    model = VQVAE(in_channels=3, hidden=8, num_res_blocks=1, num_downsamples=2, codebook_size=16, code_dim=4,
                   spatial_dims=3, temporal_downsamples=0)
     x = torch.randn(1, 3, 10, 16, 16, requires_grad=True)
-    model.encoder(x)[:, :, 0].sum().backward()
+    model.encoder(x)[:, :, 4].sum().backward()
     reach = x.grad.abs().sum(dim=(0, 1, 3, 4))
-    assert (reach[:2] > 0).all() and (reach[3:] == 0).all()  # two 3-frame convs: frames 0..2 at most
+    assert reach[4] > 0 and (reach[:4] == 0).all() and (reach[5:] == 0).all()
+    codes = model.encode(x.detach())
+    one = model.decode_indices(codes)[:, :, 4]
+    codes[:, 7] = (codes[:, 7] + 1) % 16  # another frame's codes change nothing in frame 4
+    assert torch.equal(model.decode_indices(codes)[:, :, 4], one)
+
+    mixed = VQVAE(in_channels=3, hidden=8, num_res_blocks=1, num_downsamples=2, codebook_size=16, code_dim=4,
+                  spatial_dims=3, temporal_downsamples=1)
+    x.grad = None
+    mixed.encoder(x)[:, :, 2].sum().backward()
+    assert (x.grad.abs().sum(dim=(0, 1, 3, 4))[3:6] > 0).all()  # step 2 = frames 4, 5, seen with neighbours
 
 
 def test_temporal_downsamples_are_for_3d_only():

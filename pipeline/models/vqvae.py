@@ -10,8 +10,9 @@ Section 4.2: the encoder is strided 4x4 convs (stride 2) and two residual blocks
 ReLU, 1x1 conv) of 256 hidden units; the decoder mirrors it with transposed convs. The same
 module works on 1-, 2- and 3-D inputs (`spatial_dims`). For video (3-D: time, height, width),
 `temporal_downsamples` says how many of the strided layers also halve time; the others stride
-(1, 2, 2) with a window of 3 frames, so 0 keeps one latent grid per frame (the paper's section
-4.4: 84x84 -> 21x21 per frame) and 1 or 2 halve time as VideoGPT does. The model owns its loss, so training
+(1, 2, 2) with a window of 3 frames. 0 is the paper's per-frame model (section 4.4: 84x84 ->
+21x21 per frame): every window is one frame long, so each frame is encoded and decoded alone;
+1 or 2 halve time as VideoGPT does. The model owns its loss, so training
 loops and benchmarks never rebuild eq. 3. Where lengths vary, `mask` (B, *spatial) marks the real
 positions: the reconstruction loss and the quantizer's statistics ignore the rest.
 """
@@ -55,11 +56,11 @@ def masked_mse(a: Tensor, b: Tensor, mask: Tensor | None) -> Tensor:
 class ResidualBlock(nn.Module):
     """x + conv1x1(relu(conv3x3(relu(x))))."""
 
-    def __init__(self, conv: type[nn.Module], channels: int, res_channels: int):
+    def __init__(self, conv: type[nn.Module], channels: int, res_channels: int, kernel_size=3, padding=1):
         super().__init__()
         self.block = nn.Sequential(
             nn.ReLU(),
-            conv(channels, res_channels, kernel_size=3, padding=1),
+            conv(channels, res_channels, kernel_size=kernel_size, padding=padding),
             nn.ReLU(),
             conv(res_channels, channels, kernel_size=1),
         )
@@ -110,9 +111,17 @@ class VQVAE(nn.Module):
         self.strides = [tuple(1 if (d == 0 and spatial_dims == 3 and i >= temporal) else 2 for d in range(spatial_dims))
                         for i in range(num_downsamples)]
 
+        # temporal_downsamples=0 is the paper's per-frame model: every conv has a window of one
+        # frame, so a frame's codes depend on that frame alone (and decode to it alone); otherwise
+        # the time-keeping layers see 3 frames.
+        frame_window = 1 if spatial_dims == 3 and temporal_downsamples == 0 else 3
+        k3 = (frame_window, 3, 3) if spatial_dims == 3 else 3
+        p1 = (frame_window // 2, 1, 1) if spatial_dims == 3 else 1
+
         def strided(layer, c_in: int, c_out: int, stride: tuple[int, ...]) -> nn.Module:
-            # stride 2: window 4, padding 1 (halves); stride 1: window 3, padding 1 (keeps)
-            return layer(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride=stride, padding=1)
+            # stride 2: window 4, padding 1 (halves); stride 1: window 3 (or 1), padding 1 (or 0): keeps
+            window = tuple(4 if s == 2 else (frame_window if d == 0 else 3) for d, s in enumerate(stride))
+            return layer(c_in, c_out, window, stride=stride, padding=tuple((w - 1) // 2 if w != 4 else 1 for w in window))
 
         conv, conv_t = _CONV[spatial_dims], _CONV_TRANSPOSE[spatial_dims]
         res_hidden = hidden if res_hidden is None else res_hidden  # the paper: all 256
@@ -122,7 +131,7 @@ class VQVAE(nn.Module):
             if i > 0:
                 encoder.append(nn.ReLU())
             encoder.append(strided(conv, in_channels if i == 0 else hidden, hidden, self.strides[i]))
-        encoder += [ResidualBlock(conv, hidden, res_hidden) for _ in range(num_res_blocks)]
+        encoder += [ResidualBlock(conv, hidden, res_hidden, k3, p1) for _ in range(num_res_blocks)]
         encoder += [nn.ReLU(), conv(hidden, code_dim, kernel_size=1)]
         self.encoder = nn.Sequential(*encoder)
 
@@ -131,8 +140,8 @@ class VQVAE(nn.Module):
             dead_code_steps=dead_code_steps,
         )  # fmt: skip
 
-        decoder: list[nn.Module] = [conv(code_dim, hidden, kernel_size=3, padding=1)]
-        decoder += [ResidualBlock(conv, hidden, res_hidden) for _ in range(num_res_blocks)]
+        decoder: list[nn.Module] = [conv(code_dim, hidden, kernel_size=k3, padding=p1)]
+        decoder += [ResidualBlock(conv, hidden, res_hidden, k3, p1) for _ in range(num_res_blocks)]
         decoder.append(nn.ReLU())
         for i in range(num_downsamples):
             last = i == num_downsamples - 1
