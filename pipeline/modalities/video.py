@@ -221,7 +221,7 @@ def video_pixels(x: torch.Tensor) -> np.ndarray:
 # ---- writing -------------------------------------------------------------------------------------
 
 
-def _atomic(path: str, save) -> str:
+def save_atomic(path: str, save) -> str:
     stem, ext = os.path.splitext(path)
     tmp = f"{stem}.tmp{ext}"
     save(tmp)
@@ -231,7 +231,7 @@ def _atomic(path: str, save) -> str:
 
 def write_gif(frames: list[Image.Image], path: str, fps: float) -> str:
     duration = max(20, round(1000 / fps))
-    return _atomic(path, lambda tmp: frames[0].save(tmp, save_all=True, append_images=frames[1:],
+    return save_atomic(path, lambda tmp: frames[0].save(tmp, save_all=True, append_images=frames[1:],
                                                     duration=duration, loop=0, optimize=False))
 
 
@@ -261,7 +261,7 @@ def write_mp4(frames: list[Image.Image], path: str, fps: float) -> str:
                     out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
-    return _atomic(path, save)
+    return save_atomic(path, save)
 
 
 SHOWN_SIZE = 96  # smaller frames are enlarged (nearest neighbour) in the files written for people
@@ -286,12 +286,15 @@ def strip(rows: list[np.ndarray]) -> Image.Image:
     return grid([enlarge(c) for c in rows])
 
 
-def write_clips(rows: list[list[np.ndarray]], path_stem: str, fps: float) -> list[str]:
+def write_clips(rows: list[list[np.ndarray]], path_stem: str, fps: float,
+                shown: list[np.ndarray] | None = None) -> list[str]:
     """Rows of clips -> `<stem>.gif` and `<stem>.mp4` (animated, a row per group, side by side
-    within it) and `<stem>.png` (every frame of the first clip of each row, left to right)."""
+    within it) and `<stem>.png` (every frame of the `shown` clips, a row each, left to right;
+    by default the first clip of each row)."""
     pictures = animate(rows)
+    shown = [row[0] for row in rows] if shown is None else shown
     return [write_gif(pictures, f"{path_stem}.gif", fps), write_mp4(pictures, f"{path_stem}.mp4", fps),
-            _atomic(f"{path_stem}.png", lambda tmp: strip([row[0] for row in rows]).save(tmp))]
+            save_atomic(f"{path_stem}.png", strip(shown).save)]
 
 
 # ---- the listing -------------------------------------------------------------------------------

@@ -53,18 +53,18 @@ def _val_windows(settings, count: int):
 
 
 def continue_windows(settings, prior, vqvae, meta: dict, device, stem: str) -> tuple[list[str], dict]:
-    from pipeline.modalities.video import ACTIONS, video_pixels, write_clips, write_gif, animate, strip, _atomic
+    from pipeline.modalities.video import ACTIONS, animate, save_atomic, strip, video_pixels, write_clips, write_gif
 
     s, data = settings.sample, settings.data
-    x, cond, keys = _val_windows(settings, s.windows)
-    n, frames = len(x), x.shape[2]
-    with torch.no_grad():
-        codes = vqvae.encode(x.to(device)).cpu()
-    steps = codes.shape[1]
-    per_step = frames // steps
-    if s.given_frames % per_step or not 0 < s.given_frames < frames:
+    frames = data.frames
+    per_step = frames // meta["latent_shape"][0]  # input frames per latent time step
+    if s.given_frames % per_step or not 0 < s.given_frames < frames:  # before any work
         raise UserError(f"sample.given_frames={s.given_frames} must be a multiple of {per_step} (frames per latent "
                         f"step) below data.frames={frames}")
+    x, cond, _ = _val_windows(settings, s.windows)
+    n = len(x)
+    with torch.no_grad():
+        codes = vqvae.encode(x.to(device)).cpu()
     given = codes[:, : s.given_frames // per_step]
     runs = {"true": cond}  # name -> conditioning of n windows
     has_actions = ACTIONS in cond
@@ -102,14 +102,13 @@ def continue_windows(settings, prior, vqvae, meta: dict, device, stem: str) -> t
     real = [video_pixels(v) for v in x]
     rows = [[real[i], video_pixels(made["true"][i])] + ([video_pixels(made["shuffled"][i])] if has_actions else [])
             for i in range(n)]
-    paths = write_clips(rows, stem, data.display_fps)
     # the strip: the first two windows, generated above real
-    picture = strip([video_pixels(made["true"][i]) if j == 0 else real[i] for i in range(min(2, n)) for j in (0, 1)])
-    paths[2] = _atomic(f"{stem}.png", picture.save)
+    shown = [video_pixels(made["true"][i]) if j == 0 else real[i] for i in range(min(2, n)) for j in (0, 1)]
+    paths = write_clips(rows, stem, data.display_fps, shown)
     if has_actions:
         counter = [real[0], video_pixels(made["true"][0]), video_pixels(made["always_a"][0]),
                    video_pixels(made["always_b"][0])]
-        paths.append(_atomic(f"{stem}-counterfactual.png", strip(counter).save))
+        paths.append(save_atomic(f"{stem}-counterfactual.png", strip(counter).save))
         paths.append(write_gif(animate([counter]), f"{stem}-counterfactual.gif", data.display_fps))
         from pipeline.sampling import prior_cond
 
