@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,7 +39,12 @@ def test_trains_logs_registers_and_reloads(tmp_path, ray_local, demo_raw, demo_s
 
     settings = stage1_settings(tmp_path, demo_raw, demo_shards)
     settings.ray.loader_workers = 1  # batches decoded in a process forked from each Ray Train worker
+    started = time.time()
     done = train_vqvae(settings)
+    # the checkpoint folders written for Ray Train are gone once reported (they used to stay in /tmp)
+    left = [p for p in Path(tempfile.gettempdir()).glob("ckpt-*") if p.stat().st_mtime >= started - 1]
+    time.sleep(1)  # a concurrent test's report may hold one for a moment
+    assert [p for p in left if p.exists()] == []
     client = MlflowClient(settings.tracking_uri)
     run = client.get_run(done["run_id"])
     assert run.info.status == "FINISHED"

@@ -19,11 +19,12 @@ def device_and_autocast():
     return device, nullcontext()
 
 
-def save_checkpoint(state: dict):
-    """Rank 0 only: a Ray Train checkpoint of plain tensors/ints (torch.save, weights_only-loadable)."""
+def save_checkpoint(state: dict, folder: str):
+    """Rank 0 only: a Ray Train checkpoint of plain tensors/ints (torch.save, weights_only-loadable)
+    in `folder`, a temporary folder that the caller removes once `ray.train.report` has copied it
+    to the run's storage (left behind, every checkpoint of every run stayed in /tmp)."""
     from ray.train import Checkpoint
 
-    folder = tempfile.mkdtemp(prefix="ckpt-")
     torch.save(state, os.path.join(folder, "state.pt"))
     return Checkpoint.from_directory(folder)
 
@@ -40,11 +41,13 @@ def report(step: int, rank: int, val: dict, checkpoint: tuple | None) -> bool:
 
     if checkpoint is None and not val:
         return False
-    saved = None
-    if rank == 0 and checkpoint is not None:
-        model, optimizer = checkpoint
-        saved = save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
-    ray.train.report({"step": step, **val}, checkpoint=saved)
+    if rank != 0 or checkpoint is None:
+        ray.train.report({"step": step, **val}, checkpoint=None)
+        return True
+    model, optimizer = checkpoint
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
+        saved = save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, folder)
+        ray.train.report({"step": step, **val}, checkpoint=saved)  # copies it to storage before returning
     return True
 
 
