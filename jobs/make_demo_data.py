@@ -17,11 +17,12 @@ if __name__ == "__main__":
     p.add_argument("--out", required=True, help="folder to create (left alone when it exists)")
     p.add_argument("--modality", default="image", help="a registered modality (default: image)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small", action="store_true", help="a few samples per class or speaker (seconds to make)")
     a = p.parse_args()
     try:
         modality = modalities.get(a.modality)
         data = modality.DataConfig(name="demo", root=str(Path(a.out).resolve()), modality=a.modality, seed=a.seed)
-        info = modality.make_demo(data)
+        info = modality.make_demo(data, small=a.small)
     except (ValueError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

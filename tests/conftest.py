@@ -20,6 +20,20 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist each test process gets its share of the cores for the torch work it does
+    itself: two processes of two threads each on two cores spin against each other (a small prior's
+    training took 26 s instead of ~10). Ray workers and jobs the tests start set their own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores()
+
+
 @pytest.fixture(autouse=True)
 def _no_mlflow_env_between_tests(monkeypatch):
     """Each test picks its own MLflow store; nothing set by an earlier test leaks in."""

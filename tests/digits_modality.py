@@ -96,7 +96,7 @@ class Digits(Modality):
         os.replace(tmp, path)
         return [path]
 
-    def make_demo(self, data: DigitsData) -> dict:
+    def make_demo(self, data: DigitsData, small: bool = False) -> dict:
         from sklearn.datasets import load_digits
 
         root = Path(data.root)

@@ -32,7 +32,7 @@ def demo(request, tmp_path_factory):
     modality = modalities.get(request.param)
     root = tmp_path_factory.mktemp("demo") / "raw"
     data = modality.DataConfig(name="demo", root=str(root), modality=request.param)
-    info = modality.make_demo(data)
+    info = modality.make_demo(data, small=True)
     assert info["created"] and Path(info["out"]) == root
     listing = modality.find(data)
     items, members = [], []

@@ -243,9 +243,10 @@ class Modality:
         and logged on its MLflow run (speech: voice conversion). None here."""
         return {}
 
-    def make_demo(self, data: DataSection) -> dict:
+    def make_demo(self, data: DataSection, small: bool = False) -> dict:
         """Small real demo data at `data.root`, made offline (jobs/pipeline.py, `data.make_demo`);
-        returns {"out": root, "created": bool, ...counts}."""
+        returns {"out": root, "created": bool, ...counts}. `small`: a few samples per class (or
+        speaker), enough to exercise every code path in seconds (tests, `make_demo_data.py --small`)."""
         raise NotImplementedError(f"modality {self.name!r} has no demo data")
 
 

@@ -210,10 +210,11 @@ class ImageModality(Modality):
     def write(self, groups: list[list[torch.Tensor]], path_stem: str, data: ImageData) -> list[str]:
         return write_grid(groups, path_stem)
 
-    def make_demo(self, data: ImageData) -> dict:
+    def make_demo(self, data: ImageData, small: bool = False) -> dict:
         from pipeline.modalities.image_demo import make_demo_data
 
-        return make_demo_data(data.root, seed=data.seed)
+        sizes = dict(train_per_class=12, val_per_class=4) if small else {}
+        return make_demo_data(data.root, seed=data.seed, **sizes)
 
 
 MODALITY = register(ImageModality())

@@ -473,10 +473,11 @@ class SpeechModality(Modality):
             print(f"voice conversion not scored: {e}", flush=True)
             return {}
 
-    def make_demo(self, data: SpeechData) -> dict:
+    def make_demo(self, data: SpeechData, small: bool = False) -> dict:
         from pipeline.modalities.speech_demo import make_demo_corpus
 
-        return make_demo_corpus(data.root, seed=data.seed)
+        sizes = dict(per_speaker=10, speakers=4) if small else {}
+        return make_demo_corpus(data.root, seed=data.seed, **sizes)
 
 
 MODALITY = register(SpeechModality())

@@ -537,10 +537,11 @@ class VideoModality(Modality):
 
         return continue_windows(settings, prior, vqvae, meta, device, stem)
 
-    def make_demo(self, data: VideoData) -> dict:
+    def make_demo(self, data: VideoData, small: bool = False) -> dict:
         from pipeline.modalities.video_demo import make_demo_data
 
-        return make_demo_data(data.root, seed=data.seed)
+        sizes = dict(train_clips=16, val_clips=4, frames=max(16, data.frames)) if small else {}
+        return make_demo_data(data.root, seed=data.seed, **sizes)
 
 
 MODALITY = register(VideoModality())

@@ -15,8 +15,11 @@ import re
 import tempfile
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a model is saved or loaded: `models list` needs none of it
+    import torch
+    from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.tracking.registry import resolve
@@ -31,10 +34,10 @@ def _model_classes() -> dict[str, type[nn.Module]]:
     return modalities.model_classes()
 
 
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The user's module under DDP / DataParallel / torch.compile wrappers."""
+    from torch import nn
+
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
