@@ -18,6 +18,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # after the loop returned and started in steps of 2 s; at 0.2 s a tiny stage's fit() takes 21 s
 # instead of 27 (the tests run ~45 of them). The Ray instances the tests start inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Two of the processes every fit() starts watch for node preemption and export Prometheus metrics:
+# neither matters on one machine, and each costs a Python process's start on the 2 test cores.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 
 
 def _share_the_cores() -> None:
