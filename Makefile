@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-speech demo-video test install clean bench
+.PHONY: demo demo-speech demo-video test install clean bench ui browser
 
 $(VENV)/.installed: pyproject.toml
 	@# The speech demo synthesizes its voices with espeak-ng, a system package: installed here
@@ -32,9 +32,21 @@ demo-video: install
 # The GPU tests (tests/test_gpu.py) run with  pytest -m gpu  on a machine with one.
 # Two test processes share the 2 cores (each test mostly waits on Ray and its jobs); the Ray
 # Tune tests run afterwards, alone: a search beside a second local Ray instance hangs.
-test: install
+# The MLflow UI test drives Debian's Chromium and ChromeDriver (no browser download at run time):
+# installed here when missing and this is root (CI); otherwise that test fails and says how.
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get install -y -qq chromium chromium-driver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)); } || \
+		echo "note: the MLflow UI test needs Chromium: sudo apt-get install chromium chromium-driver"
+
+test: install browser
 	$(PY) -m pytest -n 2 --dist worksteal -m "not serial and not gpu" --durations=20
 	$(PY) -m pytest -m serial --durations=5
+
+# The demo's MLflow store in the MLflow UI on http://127.0.0.1:5000 (UI_PORT=... to change it).
+UI_PORT ?= 5000
+ui: install
+	$(PY) jobs/ui.py --config configs/demo.yaml --port $(UI_PORT)
 
 bench: install
 	$(PY) bench/shard.py

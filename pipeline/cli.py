@@ -9,6 +9,8 @@ import tempfile
 # MLflow's INFO lines ("Creating initial MLflow database tables...") are noise between a stage's
 # own lines; set before mlflow is imported, which reads it once. A user's setting wins.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# ... and so are its "Downloading artifacts" bars, three per model a stage loads.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from typing import Callable
 
 from pipeline.config import Settings, load_settings
@@ -24,9 +26,15 @@ def parse_settings(description: str, argv: list[str] | None = None, add_argument
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, value parsed as YAML (repeatable), e.g. --set stage1.steps=300",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's, Ray Train's and MLflow's own info lines (off by default)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ["PIPELINE_VERBOSE"] = "1"
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true"
     settings = load_settings(args.config, args.overrides)
     return settings if add_arguments is None else (settings, args)
 
@@ -48,6 +56,9 @@ def run_job(stage: Callable[..., object], description: str, argv: list[str] | No
             add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Parse, validate, run one stage. A UserError becomes one line on stderr and exit code 2.
     A job with flags of its own gives `add_arguments`; its stage is called as stage(settings, args)."""
+    from pipeline import progress
+
+    progress.enable()
     try:
         parsed = parse_settings(description, argv, add_arguments)
         settings, args = parsed if add_arguments is not None else (parsed, None)

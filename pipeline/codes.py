@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from pipeline import modalities
+from pipeline import modalities, progress
 from pipeline.config import Settings
 from pipeline.data import codeset
 from pipeline.data.reader import shard_urls
@@ -119,7 +119,25 @@ class EncoderActor:
 
 
 def _encode_split(urls: list[str], out: str, uri: str, tracking_uri: str, dtype: np.dtype,
-                  settings: Settings, gpu: bool) -> None:
+                  settings: Settings, gpu: bool, label: str = "codes", total: int | None = None) -> None:
+    """Encode every sample of `urls` into Parquet files under `out`, showing samples encoded."""
+    import ray
+
+    counted: dict[str, int] = {}
+
+    def encoded() -> int:  # rows in the Parquet files written so far (a file being written: later)
+        import pyarrow.parquet as pq
+
+        for name in os.listdir(out) if os.path.isdir(out) else []:
+            if name.endswith(".parquet") and name not in counted:
+                counted[name] = pq.ParquetFile(os.path.join(out, name)).metadata.num_rows
+        return sum(counted.values())
+
+    with progress.polled(encoded, label, total, "samples"):
+        _encode(urls, out, uri, tracking_uri, dtype, settings, gpu)
+
+
+def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu) -> None:
     import ray
 
     (
@@ -197,7 +215,9 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
                            "shards_manifest": f"{settings.shards_dir}/manifest.json",
                            "batch_size": settings.codes.batch_size})
         for split in SPLITS:
-            _encode_split(urls[split], f"{tmp}/{split}", pinned, uri, dtype, settings, gpu)
+            _encode_split(urls[split], f"{tmp}/{split}", pinned, uri, dtype, settings, gpu,
+                          label=f"codes {settings.data.name} {split}",
+                          total=shards_manifest["splits"][split]["samples"])
         rows = {split: _parquet_rows(f"{tmp}/{split}") for split in SPLITS}
         # corrupt samples and damaged tars are skipped, so they are what the shards hold beyond the rows
         skipped = {split: shards_manifest["splits"][split]["samples"] - rows[split] for split in SPLITS}

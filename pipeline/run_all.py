@@ -47,6 +47,9 @@ def run_pipeline(settings: Settings) -> dict:
             for name, fn in stages():
                 print(f"== {name}", flush=True)
                 results[name] = fn(settings)
+        from pipeline.report import write_report
+
+        results["report"] = write_report(settings, results)
         status = "FINISHED"
     finally:
         client.set_terminated(parent, status=status)
@@ -73,6 +76,7 @@ def print_where(settings: Settings, results: dict) -> None:
         print(f"  prior:           models:/{stage2['name']}/{stage2['version']}")
     if results.get("sample"):
         print(f"  samples:         {results['sample']}  (a group per class)")
+    print(f"  report:          {results['report']}  (open it in a browser; also on the pipeline's MLflow run)")
     if settings.tracking_uri.startswith("sqlite:"):
         print(f"  see it all:      mlflow ui --backend-store-uri {settings.tracking_uri}")
     else:

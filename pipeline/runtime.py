@@ -20,20 +20,45 @@ def init_ray(settings: Settings) -> None:
     # streamed here it buries the stages' own lines, and a failure's one-line reason, under
     # tracebacks and Ray Train's internal lines. An unexpected failure still shows its worker
     # traceback, in the error Ray raises in this process.
-    kwargs: dict = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
+    verbose = bool(os.environ.get("PIPELINE_VERBOSE"))
+    kwargs: dict = {"log_to_driver": verbose, "configure_logging": True,
+                    "logging_level": "INFO" if verbose else "WARNING"}
     if address:
-        ray.init(address=address, **kwargs)
-        print(f"ray: joined the cluster at {address} ({_resources(ray)})", flush=True)
+        context = ray.init(address=address, **kwargs)
+        print(f"ray: joined the cluster at {address} ({_resources(ray)}){_dashboard(context)}", flush=True)
     else:
         # The dashboard stays on: Ray Train and Tune query the State API through it; without it
         # a Tune search whose scheduler stops trials leaks placement groups and hangs (ray #54305).
         # A local instance has no node to lose: Ray Train's preemption watcher (one more process
         # per fit, ~5 s of every stage's start and stop on 2 cores) is off unless asked for.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
-        print(f"ray: started a local instance ({_resources(ray)})", flush=True)
+        context = ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
+        # Everything in this process that looks for "the" local instance (Ray Train's driver
+        # side, the State API) finds this one: with another local instance on the machine they
+        # found two and logged a "Found multiple active Ray instances" traceback each time.
+        os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
+        print(f"ray: started a local instance ({_resources(ray)}){_dashboard(context)}", flush=True)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    # The stages show their own progress (pipeline.progress); Ray Data's bars and its INFO lines
+    # ("Starting execution of Dataset ...", a block of resource figures every few seconds when
+    # the output is not a terminal) come back with --verbose. Its log file keeps them all.
+    ctx.enable_progress_bars = verbose
+    if not verbose:
+        import logging
+
+        for handler in logging.getLogger("ray.data").handlers:
+            if type(handler).__name__ != "SessionFileHandler":
+                handler.setLevel(logging.WARNING)
+        # its one notice that the bars are off (they are ours now)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def _dashboard(context) -> str:
+    """`; dashboard http://...` when the instance serves Ray's dashboard (workers, resources, logs)."""
+    url = getattr(context, "dashboard_url", None)
+    if not url:
+        return ""
+    return f"; dashboard {url if '://' in url else 'http://' + url}"
 
 
 def use_gpu(settings: Settings) -> bool:

@@ -18,7 +18,7 @@ import json
 import tarfile
 import time
 
-from pipeline import modalities
+from pipeline import modalities, progress
 from pipeline.config import Settings
 from pipeline.data import fs as fsx
 from pipeline.errors import UserError
@@ -204,11 +204,13 @@ def _shard_dataset(settings: Settings) -> dict:
     # on a 2-CPU machine (measured: 2 CPUs no faster than 1 with it, 2x without).
     ctx.op_resource_reservation_enabled = False
     try:
-        results = (
-            ray.data.from_items(tasks, override_num_blocks=len(tasks))
-            .map(write_shard, fn_kwargs={"data": data.model_dump(), "out": out})
-            .take_all()
-        )
+        written = (ray.data.from_items(tasks, override_num_blocks=len(tasks))
+                   .map(write_shard, fn_kwargs={"data": data.model_dump(), "out": out}))
+        results = []
+        with progress.Progress(f"shard {data.name}", len(tasks), "shards") as bar:
+            for row in written.iter_rows():  # as each shard is written
+                results.append(row)
+                bar.update(advance=1, samples=sum(r["samples"] for r in results))
     finally:
         ctx.op_resource_reservation_enabled = reservation
     results.sort(key=lambda r: (r["split"], r["index"]))

@@ -139,6 +139,8 @@ class Modality:
     # run metrics `jobs/models.py` shows beside it.
     selection_metric: ClassVar[str] = "val_loss"
     key_metrics: ClassVar[tuple[str, ...]] = ()
+    # The paper's reference number (with its setting) beside a metric, for the run's report.
+    paper_references: ClassVar[dict[str, str]] = {}
     # Model classes beyond the shared ones (pipeline.models.MODEL_CLASSES) that this modality's
     # registered models may be; loading builds only classes named here.
     model_classes: ClassVar[dict[str, type[torch.nn.Module]]] = {}

@@ -432,6 +432,9 @@ class VideoModality(Modality):
     SampleConfig = VideoSample
     selection_metric = "val_mse"
     key_metrics = ("val_psnr", "perplexity", "codebook_usage")
+    paper_references = {
+        "val_psnr": "DeepMind Lab 84x84 frames -> 21x21 codes of K=512; judged by eye, no PSNR reported",
+    }
 
     @property
     def model_classes(self):

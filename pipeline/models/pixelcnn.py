@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import progress
+
 
 def exists(x: Any) -> bool:
     return x is not None
@@ -267,7 +269,8 @@ class GatedPixelCNN(nn.Module):
             # position depend only on the codes before it in raster order, so the forward runs on
             # the grid up to the position's first coordinate (its row): the same logits for half
             # the work on average. Caching per-layer states would be the next speed-up.
-            for position in itertools.product(*(range(n) for n in shape)):
+            positions = itertools.product(*(range(n) for n in shape))
+            for position in progress.track(positions, "sampling", math.prod(shape), "positions"):
                 seen = codes[:, : position[0] + 1]
                 logits = self.logits(seen, cond)[(slice(None), slice(None), *position)]
                 probs = F.softmax(logits.float() / temperature, dim=-1)

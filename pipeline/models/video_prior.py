@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import progress
 from pipeline.models.pixelcnn import PriorOutput, nll_bits
 
 Cache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, heads, N, head_dim)
@@ -348,7 +349,7 @@ class VideoPrior(nn.Module):
             # prefill: positions 0 .. first (inputs: start, codes 0 .. first-1) -> logits of `first`
             x = self._inputs(flat[:, :first], 0, step_cond, with_start=True, grid=codes)
             pos = 0
-            for position in range(first, n):
+            for position in progress.track(range(first, n), "sampling", unit="positions"):
                 for block, kv in zip(self.blocks, cache):
                     x = block(x, kv, pos)
                 flat[:, position] = self._draw(self._head(x[:, -1]), temperature, generator).to(flat.device)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline import progress
+
 
 def mu_law_encode(x: Tensor, bits: int = 8) -> Tensor:
     """Waveform in [-1, 1] -> int64 classes 0 .. 2**bits - 1 (mu-law companding, mu = 2**bits - 1)."""
@@ -188,7 +190,7 @@ class WaveNet(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            for t in range(num_steps):
+            for t in progress.track(range(num_steps), "generating", unit="samples"):
                 x = self.embedding(prev)
                 c = self._cond_at(cond, t, hop)
                 skips = None

@@ -8,6 +8,7 @@ redone).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
+from pipeline import progress
 from pipeline.config import Settings, settings_to_params
 from pipeline.errors import UserError
 from pipeline.locks import exclusive
@@ -98,20 +100,23 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
 
 
 def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config: dict, max_failures: int,
-        checkpoint_config=None, callbacks: list | None = None):
+        checkpoint_config=None, callbacks: list | None = None, label: str | None = None,
+        steps: int | None = None, shown: tuple[str, ...] = ()):
     """Run `loop` on `ray.num_workers` DDP workers (GPUs when present); -> (Result, seconds).
     The MLflow run is marked FAILED when training fails. `callbacks`: Ray Train callbacks
-    (Tune's TuneReportCallback inside a trial)."""
+    (Tune's TuneReportCallback inside a trial). `label`, `shown`: the progress shown while it
+    trains (pipeline.progress), with the validation metrics named in `shown`."""
     init_ray(settings)
     from mlflow import MlflowClient
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     gpu = use_gpu(settings)
+    progress_path = os.path.join(settings.runs_dir, name, progress.PROGRESS_FILE) if "://" not in settings.runs_dir else None
     trainer = TorchTrainer(
         loop,
         train_loop_config={"settings": settings.model_dump(), "run_id": run_id,
-                           "tracking_uri": settings.tracking_uri, **loop_config},
+                           "tracking_uri": settings.tracking_uri, "progress_path": progress_path, **loop_config},
         scaling_config=ScalingConfig(num_workers=settings.ray.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": settings.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
@@ -121,8 +126,11 @@ def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config:
                              callbacks=callbacks),
     )
     start = time.perf_counter()
+    watching = progress.watch(progress_path, label, steps, shown=shown) if label and progress_path and steps \
+        else contextlib.nullcontext()
     try:
-        result = trainer.fit()
+        with watching:
+            result = trainer.fit()
     except BaseException as e:
         MlflowClient(settings.tracking_uri).set_terminated(run_id, status="FAILED")
         known = _known_failure(str(e))
@@ -213,7 +221,9 @@ def _train_and_register(settings, experiment_id, stage, name, registered, lineag
     # latest), and that one is registered: a prior overfits small code sets.
     keep = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="min") \
         if best else None
-    result, seconds = fit(settings, name, run_id, loop, loop_config, max_failures, keep)
+    section = getattr(settings, stage)  # stage1 / stage2: its steps
+    result, seconds = fit(settings, name, run_id, loop, loop_config, max_failures, keep,
+                          label=f"{stage} {settings.data.name}", steps=section.steps, shown=(metric, *key_metrics))
     checkpoint, metrics = result.checkpoint, result.metrics
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
     if best and scored:

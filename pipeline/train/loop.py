@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.config import Settings
 from pipeline.modalities import Batch
+from pipeline.progress import StepFile
 from pipeline.runtime import keep_freed_memory
 from pipeline.train.common import RankZeroMlflow, device_and_autocast, load_checkpoint, report
 
@@ -83,6 +84,7 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
     if state is not None:
         mlf.resume(start)
     batches = task.batches(start)
+    steps_file = StepFile(config.get("progress_path") if rank == 0 else None)  # the driver shows it
     clock, timed_steps = time.perf_counter(), 0
     for step in range(start + 1, s.steps + 1):
         batch = next(batches).to(device)
@@ -110,6 +112,8 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
             val = task.validate(model, step, final, mlf)
             mlf.metrics(val, step)
             clock, timed_steps = time.perf_counter(), 0
+        if steps_file.due() or val or final:
+            steps_file.write(step, force=True, loss=out.loss.item(), **val)
         checkpoint = (model, optimizer) if checkpointing else None
         if report(step, rank, val, checkpoint):  # validation steps reach Ray Tune even without a checkpoint
             clock, timed_steps = time.perf_counter(), 0

@@ -1,0 +1,51 @@
+"""Serve a config's MLflow store in the MLflow UI on 127.0.0.1 (what `make ui` runs).
+
+    python jobs/ui.py --config configs/demo.yaml [--port 5000]
+
+Prints the address of the latest pipeline run's page (its report is among its artifacts) and
+runs `mlflow ui` in the foreground until Ctrl-C. A store on an MLflow server needs no UI of ours:
+open the server's address.
+"""
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.cli import run_job  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+
+
+def main(settings, args) -> None:
+    uri = settings.tracking_uri
+    if not uri.startswith("sqlite:"):
+        raise UserError(f"mlflow.tracking_uri {uri} is a server: open it in a browser (it serves its own UI)")
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    db = tracking.sqlite_path(uri)
+    if db is not None and not db.is_file():  # one line now, not a UI that shows nothing
+        raise UserError(f"no MLflow store at {db}: run the pipeline first (make demo)")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    address = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI of {uri} at {address} (Ctrl-C stops it)", flush=True)
+    if experiment is not None:
+        runs = client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'pipeline'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            run = runs[0].info
+            print(f"  latest pipeline run: {address}/#/experiments/{experiment.experiment_id}/runs/{run.run_id}"
+                  f"  (its report: Artifacts tab, report-{settings.data.name}.html)", flush=True)
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                              "--host", args.host, "--port", str(args.port)])
+
+
+if __name__ == "__main__":
+    run_job(main, __doc__, add_arguments=add_arguments)

@@ -1,0 +1,207 @@
+"""One self-contained HTML page per pipeline run: what a person would rather look at (or listen
+to) than read in logs.
+
+`<workdir>/report-<data.name>.html`, also an artifact of the pipeline's MLflow run (the MLflow UI
+shows HTML artifacts). Every picture, sound and video is embedded (data: URIs), so the page opens
+anywhere, from the file or from MLflow. At the top the lineage: shards -> VQ-VAE version -> codes
+-> prior version; then the metrics beside the uniform prior's and the paper's reference numbers,
+the reconstructions of the last validation, the codebook usage, and the samples.
+"""
+from __future__ import annotations
+
+import base64
+import glob
+import html
+import math
+import os
+import re
+import tempfile
+import time
+
+from pipeline.config import Settings
+
+MEDIA = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".wav": "audio/wav",
+         ".mp4": "video/mp4"}
+# Per file stem, the one view a page shows of a clip: its video when there is one.
+PREFERENCE = (".mp4", ".gif", ".png", ".jpg")
+
+
+def _uri(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    with open(path, "rb") as f:
+        return f"data:{MEDIA[ext]};base64,{base64.b64encode(f.read()).decode()}"
+
+
+def _media(path: str, caption: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    name = html.escape(caption)
+    if ext == ".wav":
+        body = f'<audio controls preload="none" src="{_uri(path)}"></audio>'
+    elif ext == ".mp4":
+        body = f'<video controls loop muted playsinline src="{_uri(path)}"></video>'
+    else:
+        body = f'<img alt="{name}" src="{_uri(path)}"{_enlarged(path)}>'
+    return f"<figure>{body}<figcaption>{name}</figcaption></figure>"
+
+
+def _enlarged(path: str) -> str:
+    """A width that shows a small picture (16x16 crops, 32x32 frames) at a whole multiple of its
+    pixels, up to 480 px wide."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width = img.size[0]
+    except OSError:
+        return ""
+    scale = max(1, min(4, 480 // max(width, 1)))
+    return f' width="{width * scale}"' if scale > 1 else ""
+
+
+def pick_views(paths: list[str]) -> list[str]:
+    """One view per picture or clip (mp4 over gif over png of the same stem; a png beside its own
+    WAVs is a spectrogram and stays), then every sound."""
+    by_stem: dict[str, list[str]] = {}
+    for p in paths:
+        stem, ext = os.path.splitext(p)
+        if ext.lower() in MEDIA:
+            by_stem.setdefault(stem, []).append(p)
+    views = []
+    for stem, group in sorted(by_stem.items()):
+        exts = {os.path.splitext(p)[1].lower(): p for p in group}
+        for ext in PREFERENCE:
+            if ext in exts:
+                views.append(exts[ext])
+                break
+        views += sorted(p for p in group if p.lower().endswith(".wav"))
+    return views
+
+
+def _artifacts(client, run_id: str, path: str, into: str) -> list[str]:
+    """The run's artifacts under `path`, downloaded (any store: a server's too); [] when none."""
+    try:
+        local = client.download_artifacts(run_id, path, into)
+    except Exception:  # noqa: BLE001 - a run without them shows none
+        return []
+    if os.path.isfile(local):
+        return [local]
+    return sorted(glob.glob(os.path.join(local, "**", "*"), recursive=True))
+
+
+def _last_validation(paths: list[str]) -> list[str]:
+    """The files of the last validation step (reconstructions/step_0000600.* and friends)."""
+    steps = {int(m.group(1)) for p in paths for m in [re.search(r"step_(\d+)", os.path.basename(p))] if m}
+    if not steps:
+        return [p for p in paths if os.path.isfile(p)]
+    last = f"step_{max(steps):07d}"
+    return [p for p in paths if os.path.isfile(p) and last in os.path.basename(p)]
+
+
+def _fmt(value) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def metric_rows(settings: Settings, results: dict) -> list[tuple[str, str, object, object, str]]:
+    """(stage, metric, ours, the uniform prior's, the paper's with its setting) for the table."""
+    references = settings.modality.paper_references
+    rows = []
+    stage1 = results.get("stage1") or {}
+    for key, value in sorted((stage1.get("metrics") or {}).items()):
+        if key != "step":
+            rows.append(("stage 1 (VQ-VAE)", key, value, None, references.get(key, "")))
+    stage2 = results.get("stage2") or {}
+    metrics = stage2.get("metrics") or {}
+    codes = results.get("codes") or {}
+    size = codes.get("codebook_size")
+    for key, value in sorted(metrics.items()):
+        if key in ("step", "uniform_bits_per_code"):  # that one is the uniform column itself
+            continue
+        uniform = None
+        if key.endswith("bits_per_code") and size:
+            uniform = math.log2(size)  # a prior that has learnt nothing: log2 K bits per code
+        elif key == "val_bits_per_dim":
+            uniform = (stage1.get("metrics") or {}).get("val_bits_per_dim")  # stage 1 scores with a uniform prior
+        rows.append(("stage 2 (prior)", key, value, uniform, references.get(key, "")))
+    return rows
+
+
+def write_report(settings: Settings, results: dict) -> str:
+    """Write the page, log it on the pipeline's MLflow run, return its path."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    stage1, stage2 = results.get("stage1") or {}, results.get("stage2") or {}
+    codes, shards = results.get("codes") or {}, results.get("shard") or {}
+    name = settings.data.name
+    parts = [f"<h1>{html.escape(name)}: VQ-VAE pipeline report</h1>",
+             f"<p class=when>{time.strftime('%Y-%m-%d %H:%M')} &middot; modality {html.escape(settings.data.modality)}"
+             f" &middot; MLflow {html.escape(settings.tracking_uri)}</p>"]
+
+    lineage = []
+    if shards:
+        counts = ", ".join(f"{s} {v['samples']}" for s, v in shards.get("splits", {}).items())
+        lineage.append(f"shards <code>{html.escape(settings.shards_dir)}</code> ({counts})")
+    if stage1:
+        lineage.append(f"VQ-VAE <code>models:/{stage1['name']}/{stage1['version']}</code>")
+    if codes:
+        rows = ", ".join(f"{s} {n}" for s, n in (codes.get("rows") or {}).items())
+        lineage.append(f"codes K={codes.get('codebook_size')} ({rows} rows)")
+    if stage2:
+        lineage.append(f"prior <code>models:/{stage2['name']}/{stage2['version']}</code>")
+    parts.append("<p class=lineage>" + " &rarr; ".join(lineage) + "</p>")
+
+    rows = metric_rows(settings, results)
+    if rows:
+        body = "".join(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(key)}</td><td>{_fmt(ours)}</td>"
+                       f"<td>{_fmt(uniform)}</td><td>{html.escape(paper)}</td></tr>"
+                       for stage, key, ours, uniform, paper in rows)
+        parts.append("<h2>Metrics</h2><table><tr><th>stage</th><th>metric</th><th>ours</th>"
+                     "<th>uniform prior</th><th>paper (van den Oord et al. 2017)</th></tr>" + body + "</table>")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if stage1:
+            shown = _last_validation(_artifacts(client, stage1["run_id"], "reconstructions", tmp))
+            if shown:
+                parts.append("<h2>Reconstructions (last validation)</h2><p>Originals, then their "
+                             "reconstructions.</p><div class=row>"
+                             + "".join(_media(p, os.path.basename(p)) for p in pick_views(shown)) + "</div>")
+            usage = _artifacts(client, stage1["run_id"], "codebook_usage.png", tmp)
+            if usage:
+                parts.append("<h2>Codebook usage</h2><div class=row>" + _media(usage[0], "codes by use") + "</div>")
+        if stage2:
+            drawn = sorted(glob.glob(os.path.join(settings.samples_dir, f"samples-{stage2['version']}[.-]*")))
+            if drawn:
+                parts.append("<h2>Samples from the prior</h2><div class=row>"
+                             + "".join(_media(p, os.path.basename(p)) for p in pick_views(drawn)) + "</div>")
+        page = _PAGE.format(title=html.escape(f"{name} report"), body="\n".join(parts))
+
+    path = os.path.join(settings.workdir, f"report-{name}.html")
+    tmp_path = f"{path}.tmp"
+    with open(tmp_path, "w") as f:
+        f.write(page)
+    os.replace(tmp_path, path)
+    run_id = results.get("pipeline_run_id")
+    if run_id:
+        client.log_artifact(run_id, path)
+    return path
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }}
+h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; }}
+.when, figcaption {{ color: #666; font-size: 0.85em; }}
+.lineage {{ background: #f4f4f4; padding: 0.6em 0.8em; border-radius: 4px; }}
+table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; text-align: left; }}
+.row {{ display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }}
+figure {{ margin: 0; }} img, video {{ max-width: 100%; image-rendering: pixelated; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""

@@ -1,0 +1,94 @@
+"""Progress as a person reads it when the output is not a terminal: one line at most every few
+seconds with done/total, rate, time left and the facts beside it; nothing when progress is off."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from pipeline import progress
+
+
+@pytest.fixture
+def on(monkeypatch):
+    monkeypatch.setenv("PIPELINE_PROGRESS_SECONDS", "0.5")
+    progress.enable()
+    yield
+    progress.enable(False)
+
+
+def test_off_by_default_it_prints_nothing_and_passes_items_through():
+    out = io.StringIO()
+    assert not progress.enabled()
+    bar = progress.Progress("stage1 t", 10, "steps", stream=out)
+    for i in range(10):
+        bar.update(i + 1, loss=0.5)
+    bar.close()
+    assert out.getvalue() == ""
+    assert list(progress.track(range(5), "sampling")) == [0, 1, 2, 3, 4]
+
+
+def test_the_line_has_done_total_rate_time_left_and_facts(on):
+    bar = progress.Progress("stage1 demo", 600, "steps", stream=io.StringIO())
+    bar._start -= 40.0  # 40 s ago
+    bar.update(120, loss=0.1234567, val_psnr=24.1)
+    line = bar.line()
+    assert line.startswith("stage1 demo: 120/600 steps (20%), 3 steps/s, 2:40 left"), line
+    assert line.endswith("loss 0.1235, val_psnr 24.1"), line
+    slow = progress.Progress("sample", 10, "windows", stream=io.StringIO())
+    slow._start -= 20.0
+    slow.update(2)
+    assert "10 s per window" in slow.line() and "1:20 left" in slow.line()
+
+
+def test_lines_come_at_most_every_interval_and_once_at_the_end(on):
+    out = io.StringIO()
+    with progress.Progress("codes t train", 100, "samples", stream=out) as bar:
+        start = time.monotonic()
+        while time.monotonic() - start < 1.6:
+            bar.update(advance=1)
+            time.sleep(0.01)
+    lines = out.getvalue().splitlines()
+    # a line each 0.5 s of the 1.6 s (never one per update), then the final count
+    assert 2 <= len(lines) <= 5, lines
+    assert all(re.match(r"codes t train: \d+/100 samples", line) for line in lines)
+    assert lines[-1].startswith(f"codes t train: {bar.done}/100 samples")
+
+
+def test_work_shorter_than_one_interval_prints_nothing(on, monkeypatch):
+    monkeypatch.setenv("PIPELINE_PROGRESS_SECONDS", "5")
+    out = io.StringIO()
+    with progress.Progress("sampling", 50, "positions", stream=out) as bar:
+        for _ in range(50):
+            bar.update(advance=1)
+    assert out.getvalue() == ""
+
+
+def test_the_driver_shows_what_rank_0_writes(on, tmp_path, capsys):
+    path = str(tmp_path / progress.PROGRESS_FILE)
+    (tmp_path / progress.PROGRESS_FILE).write_text(json.dumps({"step": 99}))  # an earlier attempt's
+    writer = progress.StepFile(path, every=0.0)
+
+    def train():
+        for step in range(1, 41):
+            writer.write(step, loss=1.0 / step, **({"val_psnr": 20.0 + step / 10} if step % 20 == 0 else {}))
+            time.sleep(0.04)
+
+    with progress.watch(path, "stage1 t", 40, shown=("val_psnr",)):
+        thread = threading.Thread(target=train)
+        thread.start()
+        thread.join()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and lines[-1].startswith("stage1 t: 40/40 steps (100%)"), lines
+    assert "loss 0.025" in lines[-1] and "val_psnr 24" in lines[-1], lines
+    assert not any("99/40" in line for line in lines)
+
+
+def test_a_step_file_that_cannot_be_written_is_given_up_quietly(tmp_path):
+    writer = progress.StepFile(str(tmp_path / "missing" / progress.PROGRESS_FILE), every=0.0)
+    writer.write(1, loss=0.5)
+    assert writer.path is None and not writer.due()
