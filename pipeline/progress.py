@@ -64,6 +64,8 @@ class Progress:
         self.active = _enabled
         self._start_done, self._start = initial, time.monotonic()
         self._last_line = 0.0
+        self._rate: float | None = None  # smoothed over the lines so far (the recent pace)
+        self._mark = (self._start, initial)  # (time, done) of the last line
         self._bar = None
         if self.active and _is_terminal(self.stream):
             from tqdm import tqdm
@@ -90,7 +92,7 @@ class Progress:
         """The non-terminal line: `label: 120/600 steps (20%), 3.1 steps/s, 2:35 left, loss 0.12`."""
         now = time.monotonic() if now is None else now
         elapsed = max(now - self._start, 1e-9)
-        rate = (self.done - self._start_done) / elapsed
+        rate = self._pace(now)
         parts = [f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}"]
         if self.total:
             parts[0] += f" ({100 * self.done / self.total:.0f}%)"
@@ -104,12 +106,20 @@ class Progress:
             parts.append(self._facts())
         return f"{self.label}: " + ", ".join(parts)
 
+    def _pace(self, now: float) -> float:
+        """Units per second: since the start for the first line, then the pace since the last
+        line smoothed with the earlier one (time left follows a stage that slows or speeds up)."""
+        then, done_then = self._mark
+        recent = (self.done - done_then) / max(now - then, 1e-9)
+        return recent if self._rate is None else 0.5 * recent + 0.5 * self._rate
+
     def _facts(self) -> str:
         return ", ".join(f"{k} {_fmt(v)}" for k, v in self.facts.items())
 
     def _line(self, now: float) -> None:
         self._last_line = now
         print(self.line(now), file=self.stream, flush=True)
+        self._rate, self._mark = self._pace(now), (now, self.done)
 
     def close(self) -> None:
         if not self.active:

@@ -34,15 +34,33 @@ def test_off_by_default_it_prints_nothing_and_passes_items_through():
 
 def test_the_line_has_done_total_rate_time_left_and_facts(on):
     bar = progress.Progress("stage1 demo", 600, "steps", stream=io.StringIO())
-    bar._start -= 40.0  # 40 s ago
+    _started_ago(bar, 40.0)
     bar.update(120, loss=0.1234567, val_psnr=24.1)
-    line = bar.line()
+    line = bar.stream.getvalue().strip()
     assert line.startswith("stage1 demo: 120/600 steps (20%), 3 steps/s, 2:40 left"), line
     assert line.endswith("loss 0.1235, val_psnr 24.1"), line
     slow = progress.Progress("sample", 10, "windows", stream=io.StringIO())
-    slow._start -= 20.0
+    _started_ago(slow, 20.0)
     slow.update(2)
-    assert "10 s per window" in slow.line() and "1:20 left" in slow.line()
+    assert "10 s per window" in slow.stream.getvalue() and "1:20 left" in slow.stream.getvalue()
+
+
+def _started_ago(bar, seconds: float) -> None:
+    bar._start -= seconds
+    bar._mark = (bar._start, bar._mark[1])
+
+
+def test_time_left_follows_a_stage_that_slows_down(on):
+    out = io.StringIO()
+    bar = progress.Progress("stage1 t", 1000, "steps", stream=out)
+    _started_ago(bar, 10.0)
+    bar.update(500)  # 50 steps/s for 10 s: a line
+    when, _ = bar._mark
+    bar._mark, bar._last_line = (when - 10.0, 500), bar._last_line - 10.0  # that line was 10 s ago
+    bar.update(600)  # 10 steps/s since
+    first, last = out.getvalue().splitlines()
+    assert "50 steps/s, 0:10 left" in first, first
+    assert "30 steps/s, 0:13 left" in last, last  # (10 + 50) / 2 for the 400 steps left
 
 
 def test_lines_come_at_most_every_interval_and_once_at_the_end(on):
