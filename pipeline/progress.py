@@ -4,7 +4,7 @@ Every stage shows how far it has got: shards written, training steps (with the l
 validation metric), samples encoded, sampling positions. On a terminal that is a tqdm bar with
 done/total, rate and time left. When the output is not a terminal (CI, `ray job submit` logs, a
 file), the same facts are printed as one line at most every `PIPELINE_PROGRESS_SECONDS` seconds
-(default 10), and once at the end.
+(default 15), and once at the end.
 
 Progress is off until a job turns it on (`enable()`, called by `pipeline.cli.run_job`), so that
 library calls and tests print nothing of it.
@@ -37,9 +37,9 @@ def enabled() -> bool:
 
 def interval() -> float:
     try:
-        return max(0.5, float(os.environ.get("PIPELINE_PROGRESS_SECONDS", "10")))
+        return max(0.5, float(os.environ.get("PIPELINE_PROGRESS_SECONDS", "15")))
     except ValueError:
-        return 10.0
+        return 15.0
 
 
 def _clock(seconds: float) -> str:
@@ -85,7 +85,9 @@ class Progress:
                 self._bar.set_postfix_str(self._facts(), refresh=False)
             return
         now = time.monotonic()
-        if now - self._last_line >= interval() and now - self._start >= min(interval(), 2.0):
+        # the first line once there is something to say (work done, or an interval gone by)
+        started = self.done > self._start_done or now - self._start >= interval()
+        if now - self._last_line >= interval() and now - self._start >= min(interval(), 2.0) and started:
             self._line(now)
 
     def line(self, now: float | None = None) -> str:
@@ -126,8 +128,8 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.close()
-        elif self._last_line:  # work that ended before its first line stays silent
-            self._line(time.monotonic())
+        elif self._last_line and self.done != self._mark[1]:  # work that ended before its first
+            self._line(time.monotonic())  # line stays silent; a line already saying this is enough
         self.active = False
 
     def __enter__(self) -> "Progress":

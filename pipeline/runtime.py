@@ -51,6 +51,10 @@ def init_ray(settings: Settings) -> None:
                 handler.setLevel(logging.WARNING)
         # its one notice that the bars are off (they are ours now)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        # and its warning that the cluster has no free CPU, which it gives whenever the codes
+        # actors hold every CPU for a moment (they do, by design, and the job goes on)
+        logging.getLogger("ray.data.dataset").addFilter(
+            lambda record: "does not have any available CPUs" not in record.getMessage())
 
 
 def _dashboard(context) -> str:

@@ -110,3 +110,12 @@ def test_a_step_file_that_cannot_be_written_is_given_up_quietly(tmp_path):
     writer = progress.StepFile(str(tmp_path / "missing" / progress.PROGRESS_FILE), every=0.0)
     writer.write(1, loss=0.5)
     assert writer.path is None and not writer.due()
+
+
+def test_the_end_is_said_once(on):
+    out = io.StringIO()
+    bar = progress.Progress("codes t val", 200, "samples", stream=out)
+    _started_ago(bar, 5.0)
+    bar.update(200)  # the last count arrives as a line...
+    bar.close()  # ...and closing adds none
+    assert len(out.getvalue().splitlines()) == 1, out.getvalue()
