@@ -77,24 +77,27 @@ def pick_views(paths: list[str]) -> list[str]:
     return views
 
 
-def _artifacts(client, run_id: str, path: str, into: str) -> list[str]:
-    """The run's artifacts under `path`, downloaded (any store: a server's too); [] when none."""
+def _artifacts(client, run_id: str, path: str, into: str, last_step: bool = False) -> list[str]:
+    """The run's artifact `path` (a file, or a folder's files; with `last_step` only those of its
+    last validation step, `step_0000600.*` and friends), downloaded from any store, a server's
+    too; [] when there are none."""
     try:
-        local = client.download_artifacts(run_id, path, into)
+        listed = [a.path for a in client.list_artifacts(run_id, path) if not a.is_dir]
     except Exception:  # noqa: BLE001 - a run without them shows none
         return []
-    if os.path.isfile(local):
-        return [local]
-    return sorted(glob.glob(os.path.join(local, "**", "*"), recursive=True))
-
-
-def _last_validation(paths: list[str]) -> list[str]:
-    """The files of the last validation step (reconstructions/step_0000600.* and friends)."""
-    steps = {int(m.group(1)) for p in paths for m in [re.search(r"step_(\d+)", os.path.basename(p))] if m}
-    if not steps:
-        return [p for p in paths if os.path.isfile(p)]
-    last = f"step_{max(steps):07d}"
-    return [p for p in paths if os.path.isfile(p) and last in os.path.basename(p)]
+    if not listed:
+        listed = [path]  # a single file lists as nothing under its own name
+    if last_step:
+        steps = {int(m.group(1)) for p in listed for m in [re.search(r"step_(\d+)", os.path.basename(p))] if m}
+        if steps:
+            listed = [p for p in listed if f"step_{max(steps):07d}" in os.path.basename(p)]
+    local = []
+    for name in listed:
+        try:
+            local.append(client.download_artifacts(run_id, name, into))
+        except Exception:  # noqa: BLE001
+            continue
+    return sorted(p for p in local if os.path.isfile(p))
 
 
 def _fmt(value) -> str:
@@ -164,7 +167,7 @@ def write_report(settings: Settings, results: dict) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         if stage1:
-            shown = _last_validation(_artifacts(client, stage1["run_id"], "reconstructions", tmp))
+            shown = _artifacts(client, stage1["run_id"], "reconstructions", tmp, last_step=True)
             if shown:
                 parts.append("<h2>Reconstructions (last validation)</h2><p>Originals, then their "
                              "reconstructions.</p><div class=row>"
