@@ -31,21 +31,19 @@ TINY_STAGE2 = {"steps": 60, "batch_size": 32, "hidden": 32, "num_layers": 4, "ke
                "checkpoint_every": 30, "val_every": 30, "log_every": 10}
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, ray_local):
-    """One whole pipeline run on the small demo (both tests below look at it)."""
-    tmp_path = tmp_path_factory.mktemp("pipeline")
+def test_pipeline_runs_every_stage_with_lineage_and_the_mlflow_ui_shows_it(tmp_path, ray_local):
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", "{workdir}/raw",
                        data={"name": "t", "root": "{workdir}/raw", "make_demo": True, "image_size": 16,
                              "samples_per_shard": 200},
                        stage1=TINY_STAGE1, stage2=TINY_STAGE2, sample={"per_class": 2},
                        ray={"num_workers": 2})
     settings = load_settings(cfg)
-    return cfg, settings, run_pipeline(settings)
+    results = run_pipeline(settings)
+    _check_lineage_and_report(settings, results)
+    _check_the_mlflow_ui(cfg, settings, results, tmp_path)
 
 
-def test_pipeline_runs_every_stage_with_lineage(pipeline_run):
-    _, settings, results = pipeline_run
+def _check_lineage_and_report(settings, results):
     client = MlflowClient(settings.tracking_uri)
 
     # one parent run, each stage's run its child
@@ -103,11 +101,10 @@ def _embedded(page: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'<img alt="[^"]*" src="data:image/[a-z]+;base64,([^"]+)"', page)]
 
 
-def test_the_mlflow_ui_shows_the_run_and_its_pictures_and_the_report_renders(pipeline_run, tmp_path):
+def _check_the_mlflow_ui(cfg, settings, results, tmp_path):
     """`make ui` (jobs/ui.py) serves the store on 127.0.0.1; headless Chromium, driven by
     Selenium, finds the stage-1 run's metrics and its reconstruction picture on their pages, and
     the report with every picture decoded."""
-    cfg, settings, results = pipeline_run
     for tool in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
         assert os.path.exists(tool), f"{tool} missing: sudo apt-get install chromium chromium-driver (make test does)"
     from selenium import webdriver
@@ -130,7 +127,9 @@ def test_the_mlflow_ui_shows_the_run_and_its_pictures_and_the_report_renders(pip
                   lambda: ui.stdout.read() if ui.poll() is not None else "")
         browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         client = MlflowClient(settings.tracking_uri)
-        experiment = client.get_experiment_by_name("t").experiment_id
+        experiment = client.get_experiment_by_name("t")
+        assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"  # the training view
+        experiment = experiment.experiment_id
         run_id = results["stage1"]["run_id"]
         psnr = results["stage1"]["metrics"]["val_psnr"]
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{run_id}")

@@ -85,7 +85,10 @@ def setup_tracking(tracking_uri: str, experiment: str) -> str:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             try:
-                return client.create_experiment(experiment, artifact_location=artifact_location)
+                # The MLflow UI opens an experiment of this kind in its model-training view
+                # (runs, metrics, artifacts), not the GenAI view it infers for untagged ones.
+                return client.create_experiment(experiment, artifact_location=artifact_location,
+                                                tags={"mlflow.experimentKind": "custom_model_development"})
             except MlflowException:  # created by a concurrent job in between
                 exp = client.get_experiment_by_name(experiment)
                 if exp is None:
