@@ -121,8 +121,6 @@ class EncoderActor:
 def _encode_split(urls: list[str], out: str, uri: str, tracking_uri: str, dtype: np.dtype,
                   settings: Settings, gpu: bool, label: str = "codes", total: int | None = None) -> None:
     """Encode every sample of `urls` into Parquet files under `out`, showing samples encoded."""
-    import ray
-
     counted: dict[str, int] = {}
 
     def encoded() -> int:  # rows in the Parquet files written so far (a file being written: later)

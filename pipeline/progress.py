@@ -85,9 +85,11 @@ class Progress:
                 self._bar.set_postfix_str(self._facts(), refresh=False)
             return
         now = time.monotonic()
-        # the first line once there is something to say (work done, or an interval gone by)
+        # the first line once there is something to say (work done, or an interval gone by); later
+        # ones only when the count moved (a stage winding down repeats nothing)
         started = self.done > self._start_done or now - self._start >= interval()
-        if now - self._last_line >= interval() and now - self._start >= min(interval(), 2.0) and started:
+        moved = self.done != self._mark[1] or not self._last_line
+        if now - self._last_line >= interval() and now - self._start >= min(interval(), 2.0) and started and moved:
             self._line(now)
 
     def line(self, now: float | None = None) -> str:
@@ -160,22 +162,9 @@ def track(items: Iterable, label: str, total: int | None = None, unit: str = "it
 
 
 @contextmanager
-def polled(count, label: str, total: int | None, unit: str):
-    """While the body runs (a Ray job whose results land in files), show `count()`: the work
-    done so far as a number, or (number, facts) to show beside it; read every half second."""
-    if not _enabled:
-        yield
-        return
+def _every_half_second(show):
+    """Call `show()` every half second in a thread while the body runs, and once after it."""
     stop = threading.Event()
-    bar = Progress(label, total, unit)
-
-    def show() -> None:
-        try:
-            got = count()
-        except Exception:  # noqa: BLE001 - a file being written: read it next time
-            return
-        done, facts = got if isinstance(got, tuple) else (got, {})
-        bar.update(int(done), **facts)
 
     def poll() -> None:
         while not stop.wait(0.5):
@@ -189,7 +178,27 @@ def polled(count, label: str, total: int | None, unit: str):
         stop.set()
         thread.join()
         show()
-        bar.close()
+
+
+@contextmanager
+def polled(count, label: str, total: int | None, unit: str):
+    """While the body runs (a Ray job whose results land in files), show `count()`: the work
+    done so far as a number, or (number, facts) to show beside it; read every half second."""
+    if not _enabled:
+        yield
+        return
+    bar = Progress(label, total, unit)
+
+    def show() -> None:
+        try:
+            got = count()
+        except Exception:  # noqa: BLE001 - a file being written: read it next time
+            return
+        done, facts = got if isinstance(got, tuple) else (got, {})
+        bar.update(int(done), **facts)
+
+    with bar, _every_half_second(show):
+        yield
 
 
 # ---- training: rank 0 writes, the driver shows -------------------------------------------------
@@ -245,7 +254,6 @@ def watch(path: str, label: str, total: int, unit: str = "steps", shown: tuple[s
         os.remove(path)  # an earlier attempt's file: the resumed run writes its own
     except OSError:
         pass
-    stop = threading.Event()
     bar: Progress | None = None
 
     def show() -> None:
@@ -253,22 +261,14 @@ def watch(path: str, label: str, total: int, unit: str = "steps", shown: tuple[s
         state = read_steps(path)
         if not state:
             return
-        if bar is None:
+        if bar is None:  # from the step it starts at (a resumed run)
             bar = Progress(label, total, unit, initial=int(state.get("step", 0)))
         facts = {k: state[k] for k in ("loss", *shown) if k in state}
         bar.update(int(state.get("step", 0)), **facts)
 
-    def poll() -> None:
-        while not stop.wait(0.5):
-            show()
-
-    thread = threading.Thread(target=poll, name="progress", daemon=True)
-    thread.start()
     try:
-        yield
+        with _every_half_second(show):
+            yield
     finally:
-        stop.set()
-        thread.join()
-        show()
         if bar is not None:
             bar.close()

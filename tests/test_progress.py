@@ -119,3 +119,14 @@ def test_the_end_is_said_once(on):
     bar.update(200)  # the last count arrives as a line...
     bar.close()  # ...and closing adds none
     assert len(out.getvalue().splitlines()) == 1, out.getvalue()
+
+
+def test_a_count_that_stands_still_is_not_said_again(on):
+    out = io.StringIO()
+    bar = progress.Progress("stage1 t", 60, "steps", stream=out)
+    _started_ago(bar, 5.0)
+    bar.update(60)  # the last step, said
+    bar._last_line -= 5.0  # an interval later the workers are still shutting down
+    bar.update(60)
+    bar.close()
+    assert len(out.getvalue().splitlines()) == 1, out.getvalue()

@@ -206,11 +206,12 @@ def _shard_dataset(settings: Settings) -> dict:
     try:
         written = (ray.data.from_items(tasks, override_num_blocks=len(tasks))
                    .map(write_shard, fn_kwargs={"data": data.model_dump(), "out": out}))
-        results = []
+        results, samples = [], 0
         with progress.Progress(f"shard {data.name}", len(tasks), "shards") as bar:
             for row in written.iter_rows():  # as each shard is written
                 results.append(row)
-                bar.update(advance=1, samples=sum(r["samples"] for r in results))
+                samples += row["samples"]
+                bar.update(advance=1, samples=samples)
     finally:
         ctx.op_resource_reservation_enabled = reservation
     results.sort(key=lambda r: (r["split"], r["index"]))

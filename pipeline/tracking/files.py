@@ -14,7 +14,6 @@ import json
 import re
 import tempfile
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where a model is saved or loaded: `models list` needs none of it
