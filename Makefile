@@ -40,8 +40,7 @@ browser:
 		echo "note: the MLflow UI test needs Chromium: sudo apt-get install chromium chromium-driver"
 
 test: install browser
-	$(PY) -m pytest -n 2 --dist worksteal -m "not serial and not gpu" --durations=20
-	$(PY) -m pytest -m serial --durations=5
+	$(PY) -m pytest -n 2 --dist worksteal -m "not gpu" --durations=20
 
 # The demo's MLflow store in the MLflow UI on http://127.0.0.1:5000 (UI_PORT=... to change it).
 UI_PORT ?= 5000

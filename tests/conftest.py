@@ -50,10 +50,27 @@ def ray_local():
     """A real local Ray instance with 4 logical CPUs on 2 cores, so Train workers and Ray Data
     tasks fit side by side (with 2 one-CPU workers on 2 CPUs, Ray Data gets no CPU and a stage
     waits forever for resources)."""
+    import socket
+
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        # Ray's own actors (Train's placement-group cleaner, Tune's trials) ask the State API of
+        # "the" local instance; beside the other test process's instance they found two, and a Tune
+        # search hung on placement groups never freed. Started with this instance's dashboard
+        # address in their environment (inherited from the raylet), they ask this one.
+        before = os.environ.get("RAY_API_SERVER_ADDRESS")
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        try:
+            ray.init(num_cpus=4, include_dashboard=True, dashboard_port=port, logging_level="WARNING")
+        finally:
+            if before is None:
+                del os.environ["RAY_API_SERVER_ADDRESS"]
+            else:
+                os.environ["RAY_API_SERVER_ADDRESS"] = before
     yield ray
     ray.shutdown()
 

@@ -1,6 +1,6 @@
 """The cluster path on real services started here on 127.0.0.1 and stopped after: a Ray head
-(`ray start --head`) taking a stage-1 job through `ray job submit`'s API, and an `mlflow server`
-that stage 1 and codes log to from Ray workers."""
+(`ray start --head`) taking stage 1 and codes through `ray job submit`'s API, and an `mlflow server`
+that they log to from Ray workers."""
 from __future__ import annotations
 
 import os
@@ -46,7 +46,7 @@ def wait_for(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> Non
 
 
 @contextmanager
-def service(args: list[str], url: str, log: Path, env: dict | None = None, seconds: float = 90):
+def service(args: list[str], url: str, log: Path, env: dict | None = None, seconds: float = 240):
     """A server process in its own process group, up when `url` answers 200, stopped after."""
     with open(log, "w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
@@ -81,12 +81,24 @@ def submit(client, seconds: float = 60, **job) -> str:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_stage1_on_a_real_head(tmp_path, demo_raw, demo_shards):
+def test_jobs_submitted_to_a_real_head_log_to_a_real_mlflow_server(tmp_path, demo_raw, demo_shards):
+    """The cluster path in one: stage 1 and codes go through `ray job submit` to a `ray start --head`,
+    and their Ray workers log over HTTP to an `mlflow server` that proxies the artifacts."""
+    import torch
     from ray.job_submission import JobStatus, JobSubmissionClient
+    from safetensors.torch import load_file
+
+    from pipeline import tracking
 
     work = workdir_with_shards(tmp_path, demo_shards)
     cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1={**TINY_STAGE1, "steps": 30},
                        ray={"num_workers": 2, "cpus_per_worker": 1})
+    store, artifacts, port = tmp_path / "server" / "mlflow.db", tmp_path / "server" / "artifacts", free_port()
+    store.parent.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+              "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts),
+              "--workers", "1"]
     gcs, dashboard = free_port(), free_port()
     short_tmp = tempfile.mkdtemp(prefix="rayhead-")  # unix socket paths must stay under 108 bytes
     # As a user does after `source .venv/bin/activate`: the head's PATH finds the venv's python.
@@ -99,70 +111,42 @@ def test_ray_job_submit_runs_stage1_on_a_real_head(tmp_path, demo_raw, demo_shar
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *agent_ports, "--num-cpus=4",
             f"--temp-dir={short_tmp}", "--disable-usage-stats"]
     address = f"http://127.0.0.1:{dashboard}"
-    with service(head, f"{address}/api/version", tmp_path / "head.log", env=env, seconds=120):
+    with service(server, f"{uri}/health", tmp_path / "mlflow.log"), \
+            service(head, f"{address}/api/version", tmp_path / "head.log", env=env):
         client = JobSubmissionClient(address)
-        job = submit(client, entrypoint=f"python jobs/stage1.py --config {cfg}",
-                     runtime_env={"working_dir": str(REPO)})
-        deadline = time.monotonic() + 400
-        while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
-            time.sleep(2)
-        logs = client.get_job_logs(job)
-        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
-        # the job joined the head it was submitted to, never a local instance of its own
-        assert re.search(rf"ray: joined the cluster at [0-9.]+:{gcs} \(4 CPU", logs), logs[-3000:]
-        assert "started a local instance" not in logs
-    assert not port_open(gcs) and not port_open(dashboard)  # the head is gone
-    shutil.rmtree(short_tmp, ignore_errors=True)
-
-    settings_uri = f"sqlite:///{work}/mlflow.db"
-    runs = MlflowClient(settings_uri).search_runs([MlflowClient(settings_uri).get_experiment_by_name("t").experiment_id])
-    (run,) = [r for r in runs if r.data.tags.get("stage") == "stage1"]
-    assert run.info.status == "FINISHED"
-    assert [m.step for m in MlflowClient(settings_uri).get_metric_history(run.info.run_id, "val_mse")] == [30]
-    assert MlflowClient(settings_uri).get_registered_model("vqvae-t").aliases == {"champion": 1}
-
-
-@pytest.mark.slow
-def test_stages_log_to_a_real_mlflow_server(tmp_path, demo_raw, demo_shards):
-    """Stage 1 and codes, their Ray workers logging over HTTP; artifacts proxied by the server."""
-    import torch
-
-    from pipeline import tracking
-
-    work = workdir_with_shards(tmp_path, demo_shards)
-    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1={**TINY_STAGE1, "steps": 30},
-                       ray={"num_workers": 2, "cpus_per_worker": 1, "num_cpus": 4})
-    store, artifacts, port = tmp_path / "server" / "mlflow.db", tmp_path / "server" / "artifacts", free_port()
-    store.parent.mkdir()
-    uri = f"http://127.0.0.1:{port}"
-    server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-              "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts),
-              "--workers", "1"]
-    with service(server, f"{uri}/health", tmp_path / "mlflow.log"):
-        env = {"MLFLOW_TRACKING_URI": uri}
-        for job in ("stage1.py", "dump_codes.py"):
-            proc = run_job(job, "--config", str(cfg), timeout=400, env=env)
-            assert proc.returncode == 0, (job, proc.stderr[-3000:])
+        for script in ("stage1.py", "dump_codes.py"):
+            # the server's address reaches the job and its Ray workers as a cluster's nodes get it
+            job = submit(client, entrypoint=f"python jobs/{script} --config {cfg}",
+                         runtime_env={"working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": uri}})
+            deadline = time.monotonic() + 400
+            while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+                assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
+                time.sleep(1)
+            logs = client.get_job_logs(job)
+            assert client.get_job_status(job) == JobStatus.SUCCEEDED, (script, logs[-3000:])
+            # the job joined the head it was submitted to, never a local instance of its own
+            assert re.search(rf"ray: joined the cluster at [0-9.]+:{gcs} \(4 CPU", logs), logs[-3000:]
+            assert "started a local instance" not in logs
         assert not (work / "mlflow.db").exists()  # nothing went to the local default store
 
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name("t")
-        runs = {r.data.tags.get("stage"): r for r in client.search_runs([exp.experiment_id])}
+        mlflow_client = MlflowClient(uri)
+        exp = mlflow_client.get_experiment_by_name("t")
+        runs = {r.data.tags.get("stage"): r for r in mlflow_client.search_runs([exp.experiment_id])}
         assert runs["stage1"].info.status == "FINISHED" and runs["codes"].info.status == "FINISHED"
         # rank 0 logged through the server: metrics and the reconstructions picture
-        assert [m.step for m in client.get_metric_history(runs["stage1"].info.run_id, "val_mse")] == [30]
+        assert [m.step for m in mlflow_client.get_metric_history(runs["stage1"].info.run_id, "val_mse")] == [30]
         assert any(p.name.endswith(".png") for p in artifacts.rglob("reconstructions/*"))
+        aliases = mlflow_client.get_registered_model("vqvae-t").aliases
+        assert {alias: str(version) for alias, version in aliases.items()} == {"champion": "1"}  # REST gives str
         assert runs["codes"].data.tags["vqvae_version"] == "1"
 
-        # the registered model comes back through the server and matches the codes on disk
+        # the registered model comes back through the server and matches the weights it stored
         tracking.setup_tracking(uri, "t")
         model = tracking.load_vqvae("models:/vqvae-t@champion")
         assert model.vq.codebook_size == TINY_STAGE1["codebook_size"]
-        weights = next(artifacts.rglob("weights.safetensors"))
-        from safetensors.torch import load_file
-
-        on_disk = load_file(str(weights))
+        on_disk = load_file(str(next(artifacts.rglob("weights.safetensors"))))
         assert set(on_disk) == set(model.state_dict())
         assert all(torch.equal(on_disk[k], v) for k, v in model.state_dict().items())
         assert list((work / "codes" / "t").glob("v1-*/train/*.parquet"))
+    assert not port_open(gcs) and not port_open(dashboard) and not port_open(port)  # all gone
+    shutil.rmtree(short_tmp, ignore_errors=True)

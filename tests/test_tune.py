@@ -39,7 +39,6 @@ def test_space_is_validated_before_any_trial(tmp_path, demo_raw):
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, demo_raw, demo_shards):
     work = workdir_with_shards(tmp_path, demo_shards)
     # The job joins the session's Ray instance (4 logical CPUs) through RAY_ADDRESS, as a job
@@ -103,7 +102,6 @@ def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, dem
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_refuses_to_start_a_second_local_instance(tmp_path, ray_local, demo_raw, demo_shards):
     """Beside another local instance a search would hang (ray #54305): one line, exit 2."""
     work = workdir_with_shards(tmp_path, demo_shards)
@@ -124,7 +122,6 @@ def _checkpointed_step(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_a_killed_search_resumes_its_trials_from_their_checkpoints(tmp_path, ray_local, demo_raw, demo_shards):
     from pipeline.tuning import search_name
 

@@ -1,10 +1,13 @@
-"""Video through every public job on a small set of ViZDoom clips with their actions: demo
+"""Video through the pipeline job on a small set of ViZDoom clips with their actions: demo
 data, shard, stage 1, codes, stage 2, sample (continuations under true and shuffled actions, a
-counterfactual) and the registry CLI."""
+counterfactual), the report with its players, and the registry CLI."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
+import re
 
 import av
 import pytest
@@ -15,7 +18,7 @@ from conftest import ray_address, run_job
 pytestmark = pytest.mark.slow  # the jobs join the session's Ray instance
 
 
-def test_video_runs_through_every_public_job(tmp_path, ray_local):
+def test_video_runs_through_the_pipeline_job_with_a_report(tmp_path, ray_local):
     from pipeline.modalities.video_demo import make_demo_data
 
     work = tmp_path / "w"
@@ -35,11 +38,9 @@ def test_video_runs_through_every_public_job(tmp_path, ray_local):
     }
     cfg = tmp_path / "doom.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    outputs = {}
-    for job in ("shard.py", "stage1.py", "dump_codes.py", "stage2.py", "sample.py"):
-        proc = run_job(job, "--config", str(cfg), timeout=600, env=ray_address(ray_local))
-        assert proc.returncode == 0, (job, proc.stderr[-3000:])
-        outputs[job] = proc.stdout
+    # the pipeline job: every stage in one process, each a child run of the pipeline's MLflow run
+    proc = run_job("pipeline.py", "--config", str(cfg), timeout=900, env=ray_address(ray_local))
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
     # shards: 12-frame clips make windows starting at 0, 2, 4, 6, 8: 5 a clip
     shards = json.loads((work / "shards" / "doom" / "manifest.json").read_text())
@@ -68,9 +69,16 @@ def test_video_runs_through_every_public_job(tmp_path, ray_local):
     prior = tracking.resolve("models:/prior-doom@champion")
     assert float(prior["tags"]["metric.val_nll_bits_per_code"]) < math.log2(32)
 
+    client = MlflowClient(uri)
+    [parent] = [r for r in client.search_runs([run.info.experiment_id]) if r.data.tags.get("stage") == "pipeline"]
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["stage"] for r in children) == ["codes", "sample", "stage1", "stage2"]
+    assert all(r.info.status == "FINISHED" for r in children)
+
     # sample: continuations scored under true and shuffled actions, files a person opens
-    lines = outputs["sample.py"].strip().splitlines()
-    assert lines[-1].endswith("samples-1.gif")
+    lines = proc.stdout.strip().splitlines()
+    assert any(line.endswith("samples-1.gif") for line in lines), proc.stdout[-2000:]
     scores = {line.split()[2]: float(line.split()[-1]) for line in lines if " = " in line}
     assert {"sample_psnr_true_actions", "sample_psnr_shuffled_actions", "sample_psnr_reconstruction"} <= set(scores)
     assert all(5 < v < 60 for k, v in scores.items() if "psnr" in k)
@@ -79,6 +87,14 @@ def test_video_runs_through_every_public_job(tmp_path, ray_local):
         assert (work / "samples" / name).stat().st_size > 0, name
     with av.open(str(work / "samples" / "samples-1.mp4")) as clip:
         assert sum(1 for _ in clip.decode(video=0)) == 4  # a frame per window frame
+
+    # the report plays the reconstructions and the samples in the page, and is on the pipeline's run
+    page = (work / "report-doom.html").read_text()
+    videos = re.findall(r'<video [^>]*src="data:video/mp4;base64,([^"]+)"', page)
+    assert len(videos) >= 2, len(videos)
+    with av.open(io.BytesIO(base64.b64decode(videos[-1]))) as clip:
+        assert sum(1 for _ in clip.decode(video=0)) == 4
+    assert "report-doom.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
     models = run_job("models.py", "list", "--config", str(cfg))
     assert models.returncode == 0 and "vqvae-doom" in models.stdout and "prior-doom" in models.stdout, models.stderr
