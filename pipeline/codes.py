@@ -207,7 +207,7 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
     os.makedirs(tmp)
     run_name = f"codes-{settings.data.name}-v{info['version']}"
     with tracking.start_run(experiment_id, run_name, tags={"stage": "codes", "vqvae_name": info["name"],
-                                                           "vqvae_version": info["version"]}):
+                                                           "vqvae_version": info["version"]}) as run:
         mlflow.log_params({"model_uri": model_uri, "vqvae_name": info["name"], "vqvae_version": info["version"],
                            "vqvae_run_id": info["run_id"], "shards": settings.shards_dir,
                            "shards_manifest": f"{settings.shards_dir}/manifest.json",
@@ -248,5 +248,6 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
     shape = "x".join(map(str, latent_shape)) if latent_shape else "varying"
     print(f"codes {settings.data.name}: {info['name']} v{info['version']} (K={codebook_size}, codes "
           f"{shape}, {dtype.name}): {', '.join(f'{s} {n}' for s, n in rows.items())} "
-          f"rows in {seconds:.1f} s; skipped {sum(skipped.values())} -> {out}", flush=True)
+          f"rows in {seconds:.1f} s; skipped {sum(skipped.values())} -> {out}; MLflow run {run.info.run_id}",
+          flush=True)
     return manifest

@@ -70,14 +70,16 @@ def sample(settings: Settings) -> str:
     seconds = time.perf_counter() - start
     tags = {"stage": "sample", "prior_name": prior_info["name"], "prior_version": prior_info["version"],
             "vqvae_name": vqvae_info["name"], "vqvae_version": vqvae_info["version"]}
-    with tracking.start_run(experiment_id, f"sample-{settings.data.name}-v{prior_info['version']}", tags=tags):
+    with tracking.start_run(experiment_id, f"sample-{settings.data.name}-v{prior_info['version']}", tags=tags) as run:
         mlflow.log_params({**s.model_dump(exclude_none=True), "prior_uri": prior_uri, "vqvae_uri": vqvae_uri})
         mlflow.log_metrics({"seconds": seconds, **metrics})
         for path in paths:
             mlflow.log_artifact(path, "samples")
     for name, value in metrics.items():
         print(f"sample {settings.data.name}: {name} = {value:.4g}", flush=True)
-    print(paths[0], flush=True)
+    print(f"sample {settings.data.name}: {len(paths)} files from {prior_uri} decoded by {vqvae_uri} in "
+          f"{seconds:.0f} s under {settings.samples_dir}; MLflow run {run.info.run_id}", flush=True)
+    print(paths[0], flush=True)  # last, alone: the file to open (scripts read it)
     return paths[0]
 
 

@@ -142,7 +142,6 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
 
     from pipeline.runtime import init_ray
 
-    _refuse_second_local_instance(settings)
     init_ray(settings)
     t = settings.tune
     # Checkpoint-only reports carry no val metric; ASHA skips them, but Tune's strict check would
@@ -174,23 +173,6 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
     except BaseException:
         MlflowClient(settings.tracking_uri).set_terminated(parent, status="FAILED")
         raise
-
-
-def _refuse_second_local_instance(settings: Settings) -> None:
-    """A search started beside another local Ray instance would hang: Ray Train's placement-group
-    cleaner finds two instances, cannot query either, and the resources of trials ASHA stops are
-    never freed (ray #54305). Say so at once, and how to join the running one."""
-    import ray
-
-    if ray.is_initialized() or settings.ray.address or os.environ.get("RAY_ADDRESS"):
-        return
-    from ray._private.services import find_gcs_addresses
-
-    running = sorted(find_gcs_addresses())
-    if running:
-        raise UserError(
-            f"another Ray instance is running on this machine ({', '.join(running)}): a Tune search "
-            f"beside it would hang; join it (RAY_ADDRESS={running[0]}) or stop it (ray stop)")
 
 
 def _collect(settings: Settings, grid, parent: str, steps: int) -> list[dict]:

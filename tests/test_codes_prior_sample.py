@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import TINY_STAGE1, run_job, workdir_with_shards, write_config
@@ -156,8 +157,13 @@ def test_training_the_prior_again_does_nothing(chain, capsys):
 def test_sample_writes_one_row_per_class(chain):
     proc = run_job("sample.py", "--config", str(chain["cfg"]), timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    path = proc.stdout.strip().splitlines()[-1]
+    *_, summary, path = proc.stdout.strip().splitlines()
     assert path == f"{chain['settings'].samples_dir}/samples-1.png"
+    # the summary names the models and the MLflow run that holds the samples
+    client = MlflowClient(chain["settings"].tracking_uri)
+    run_id = summary.rsplit("MLflow run ", 1)[-1]
+    assert client.get_run(run_id).data.tags["stage"] == "sample", summary
+    assert "models:/prior-t/1 decoded by models:/vqvae-t/1" in summary, summary
     with Image.open(path) as img:
         size = 16 + 2  # image_size + grid padding
         assert img.size == (3 * size + 2, 10 * size + 2)

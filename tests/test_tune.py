@@ -41,21 +41,23 @@ def test_space_is_validated_before_any_trial(tmp_path, demo_raw):
 @pytest.mark.slow
 def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, demo_raw, demo_shards):
     work = workdir_with_shards(tmp_path, demo_shards)
-    # The job joins the session's Ray instance (4 logical CPUs) through RAY_ADDRESS, as a job
-    # joins a cluster. 4 trials, 2 at a time, 1 worker of 2 CPUs each: they only all run if the
-    # trials ASHA stops give their CPUs back. lr 1e-7 learns nothing: those two trials start
-    # after the lr 1e-3 ones (grid order) and must be stopped at the first rung (step 20).
+    # The job starts a local Ray instance of its own (4 logical CPUs) beside the session's, as a
+    # search on a laptop where other Ray work runs: its trials must still get back the resources of
+    # the trials ASHA stops (Ray Train's cleaner once asked the wrong instance and they never did).
+    # 4 trials, 2 at a time, 1 worker of 2 CPUs each: they only all run if the trials ASHA stops
+    # give their CPUs back. lr 1e-7 learns nothing: those two trials start after the lr 1e-3 ones
+    # (grid order) and must be stopped at the first rung (step 20).
     cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1,
-                       ray={"num_workers": 2, "cpus_per_worker": 2},
+                       ray={"num_workers": 2, "cpus_per_worker": 2, "num_cpus": 4},
                        tune={"space": {"stage1.codebook_size": [8, 32], "stage1.lr": [1e-3, 1e-7]},
                              "max_concurrent_trials": 2, "grace_period": 20,
                              "overrides": {"stage1.steps": 40, "stage1.val_every": 10,
                                            "stage1.checkpoint_every": 20, "ray.num_workers": 1}})
-    address = ray_local.get_runtime_context().gcs_address
-    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=600, env={"RAY_ADDRESS": address})
+    assert ray_local.is_initialized()  # the other instance
+    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "4 trials" in out and "best val_mse" in out, out[-2000:]
+    assert "started a local instance (4 CPU" in out and "4 trials" in out and "best val_mse" in out, out[-2000:]
 
     settings = load_settings(cfg)
     client = MlflowClient(settings.tracking_uri)
@@ -97,19 +99,8 @@ def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, dem
     assert model.vq.codebook_size == best["stage1.codebook_size"]
 
     # the same search again does nothing
-    again = run_job("tune_codebook.py", "--config", str(cfg), timeout=120, env={"RAY_ADDRESS": address})
+    again = run_job("tune_codebook.py", "--config", str(cfg), timeout=120)
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
-
-
-@pytest.mark.slow
-def test_refuses_to_start_a_second_local_instance(tmp_path, ray_local, demo_raw, demo_shards):
-    """Beside another local instance a search would hang (ray #54305): one line, exit 2."""
-    work = workdir_with_shards(tmp_path, demo_shards)
-    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1)
-    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=120)  # no RAY_ADDRESS
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: another Ray instance is running")
-    assert ray_local.get_runtime_context().gcs_address in proc.stderr
 
 
 def _checkpointed_step(run_dir: Path) -> int:
