@@ -62,6 +62,7 @@ def test_speech_runs_through_every_public_job(tmp_path, ray_local):
     assert bits < 7.0, bits  # 80 steps already well below the 8 bits of a uniform mu-law guess
     # the conversion evaluation ran at the end of stage 1 and logged on the model's run
     assert 0.0 <= run.data.metrics["conversion_speaker_fraction"] <= 1.0
+    assert 0.0 <= run.data.metrics["reconstruction_speaker_fraction"] <= 1.0  # its ceiling, beside it
     assert run.data.metrics["conversions"] == 4 * 2
     assert run.data.metrics["conversion_mcd_to_source"] > 0 and run.data.metrics["reference_mcd_source_to_target"] > 0
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(vqvae["run_id"], "reconstructions")}

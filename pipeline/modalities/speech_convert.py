@@ -15,6 +15,10 @@ the model's MLflow run:
 - conversion_speaker_fraction: the share of conversions whose speaker embedding (resemblyzer's
   pretrained encoder) is closer to the target speaker's centroid than to the source speaker's.
   Centroids come from the speakers' other val utterances, never from the converted ones.
+- reconstruction_speaker_fraction: the same sources decoded with their own speaker's id, scored
+  the same way (closer to the source speaker's centroid than to each target's): the ceiling the
+  decoder's rendition puts on the conversion fraction. When it is low too, the decoder, not
+  speaker information left in the codes, is what limits conversion (train it longer).
 - conversion_mcd_to_source (dB): mel-cepstral distortion, DTW-aligned, between each conversion
   and its source: the content kept;
   reference_mcd_source_to_target: the same between the source and real utterances of the target
@@ -156,17 +160,24 @@ def evaluate(settings: Settings, model, device="cpu", out_dir: str | None = None
     converted = convert_batch(model, [j[2] for j in jobs], [j[3] for j in jobs], device, seed=s.seed,
                               temperature=s.temperature)
     seconds = time.perf_counter() - start
+    sources = list(dict.fromkeys(j[1] for j in jobs))  # each source once, with its own speaker
+    first = {key: next(j for j in jobs if j[1] == key) for key in sources}
+    rebuilt = dict(zip(sources, convert_batch(model, [first[k][2] for k in sources], [first[k][0] for k in sources],
+                                              device, seed=s.seed, temperature=s.temperature)))
 
     encoder = SpeakerEncoder()
     centroid = {spk: _unit(np.mean([_unit(encoder.embed(x, rate)) for x in refs], axis=0))
                 for spk, refs in references.items()}
-    closer, mcd_conv, mcd_ref = [], [], []
-    for (src, _, x, tgt), y in zip(jobs, converted):
+    closer, kept, mcd_conv, mcd_ref = [], [], [], []
+    own = {key: _unit(encoder.embed(y, rate)) for key, y in rebuilt.items()}
+    for (src, key, x, tgt), y in zip(jobs, converted):
         e = _unit(encoder.embed(y, rate))
         closer.append(float(e @ centroid[tgt] > e @ centroid[src]))
+        kept.append(float(own[key] @ centroid[src] > own[key] @ centroid[tgt]))
         mcd_conv.append(mcd(y, x[:len(y)], rate))
         mcd_ref.append(float(np.mean([mcd(x, r, rate) for r in references[tgt][:3]])))
-    metrics = {FRACTION: float(np.mean(closer)), "conversion_mcd_to_source": float(np.mean(mcd_conv)),
+    metrics = {FRACTION: float(np.mean(closer)), "reconstruction_speaker_fraction": float(np.mean(kept)),
+               "conversion_mcd_to_source": float(np.mean(mcd_conv)),
                "reference_mcd_source_to_target": float(np.mean(mcd_ref)), "conversions": float(len(jobs)),
                "conversion_samples_per_s": sum(len(y) for y in converted) / max(seconds, 1e-9)}
     files: list[str] = []
