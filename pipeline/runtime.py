@@ -32,14 +32,7 @@ def init_ray(settings: Settings) -> None:
         # A local instance has no node to lose: Ray Train's preemption watcher (one more process
         # per fit, ~5 s of every stage's start and stop on 2 cores) is off unless asked for.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        # Ray's own actors (Train's placement-group cleaner polls the State API every second) look
-        # for "the" local instance unless told which: beside another instance on the machine they
-        # found two, could not ask either, and a Tune search whose scheduler stops trials never got
-        # their resources back (ray #54305). The dashboard's address in the environment the
-        # instance starts with reaches every worker it spawns, so they ask this one.
-        port = _free_port()
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        context = ray.init(num_cpus=settings.ray.num_cpus, dashboard_port=port, **kwargs)
+        context = start_local(settings.ray.num_cpus, **kwargs)
         # Everything in this process that looks for "the" local instance (Ray Train's driver
         # side, the State API) finds this one: with another local instance on the machine they
         # found two and logged a "Found multiple active Ray instances" traceback each time.
@@ -64,12 +57,23 @@ def init_ray(settings: Settings) -> None:
             lambda record: "does not have any available CPUs" not in record.getMessage())
 
 
-def _free_port() -> int:
+def start_local(num_cpus: int | None, **kwargs):
+    """`ray.init` of a local instance whose own actors ask *its* State API.
+
+    Ray's actors (Train's placement-group cleaner polls the State API every second) look for "the"
+    local instance unless told which: beside another instance on the machine they found two, could
+    not ask either, and a Tune search whose scheduler stops trials never got their resources back
+    (ray #54305). The dashboard's address in the environment the instance starts with reaches every
+    worker it spawns, so they ask this one. It stays set in this process too."""
     import socket
+
+    import ray
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    return ray.init(num_cpus=num_cpus, dashboard_port=port, **kwargs)
 
 
 def _dashboard(context) -> str:

@@ -50,25 +50,19 @@ def ray_local():
     """A real local Ray instance with 4 logical CPUs on 2 cores, so Train workers and Ray Data
     tasks fit side by side (with 2 one-CPU workers on 2 CPUs, Ray Data gets no CPU and a stage
     waits forever for resources)."""
-    import socket
-
     import ray
 
+    from pipeline.runtime import start_local
+
     if not ray.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        # Ray's own actors (Train's placement-group cleaner, Tune's trials) ask the State API of
-        # "the" local instance; beside the other test process's instance they found two, and a Tune
-        # search hung on placement groups never freed. Started with this instance's dashboard
-        # address in their environment (inherited from the raylet), they ask this one.
+        # Its actors ask this instance's State API, not the other test process's (see start_local);
+        # the address is not left to the jobs and Ray heads the tests start from this process.
         before = os.environ.get("RAY_API_SERVER_ADDRESS")
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         try:
-            ray.init(num_cpus=4, include_dashboard=True, dashboard_port=port, logging_level="WARNING")
+            start_local(4, include_dashboard=True, logging_level="WARNING")
         finally:
             if before is None:
-                del os.environ["RAY_API_SERVER_ADDRESS"]
+                os.environ.pop("RAY_API_SERVER_ADDRESS", None)
             else:
                 os.environ["RAY_API_SERVER_ADDRESS"] = before
     yield ray

@@ -160,10 +160,12 @@ def evaluate(settings: Settings, model, device="cpu", out_dir: str | None = None
     converted = convert_batch(model, [j[2] for j in jobs], [j[3] for j in jobs], device, seed=s.seed,
                               temperature=s.temperature)
     seconds = time.perf_counter() - start
-    sources = list(dict.fromkeys(j[1] for j in jobs))  # each source once, with its own speaker
-    first = {key: next(j for j in jobs if j[1] == key) for key in sources}
-    rebuilt = dict(zip(sources, convert_batch(model, [first[k][2] for k in sources], [first[k][0] for k in sources],
-                                              device, seed=s.seed, temperature=s.temperature)))
+    sources: dict = {}  # each source once (key -> its first job), decoded with its own speaker
+    for job in jobs:
+        sources.setdefault(job[1], job)
+    rebuilt = dict(zip(sources, convert_batch(model, [j[2] for j in sources.values()],
+                                              [j[0] for j in sources.values()], device, seed=s.seed,
+                                              temperature=s.temperature)))
 
     encoder = SpeakerEncoder()
     centroid = {spk: _unit(np.mean([_unit(encoder.embed(x, rate)) for x in refs], axis=0))
