@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.models.quantizer import VectorQuantizer
-from pipeline.models.speech import CodePrior, SpeechVQVAE
+from pipeline.models.speech import CodePrior, SpeechVQVAE, deemphasize, emphasize
 from pipeline.models.wavenet import WaveNet, mu_law_decode, mu_law_encode
 
 
@@ -68,6 +68,39 @@ def test_mu_law_round_trip():
     # the quantisation step grows with |x|: fine near 0, coarse near full scale
     assert err[x.abs() < 0.01].max() < 3e-4 and err.max() < 0.035
     assert mu_law_encode(torch.tensor([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
+
+
+def test_deemphasis_undoes_preemphasis_and_lowers_white_noise_at_high_frequencies():
+    torch.manual_seed(3)
+    t = torch.arange(8000) / 8000
+    x = 0.3 * torch.sin(2 * math.pi * 150 * t) * torch.sin(2 * math.pi * 3 * t) + 0.01 * torch.randn(8000)
+    x = x.expand(2, 3, -1)
+    assert torch.equal(emphasize(x, 0.0), x) and torch.equal(deemphasize(x, 0.0), x)
+    e = emphasize(x, 0.85)
+    assert (e[..., 1:] - (x[..., 1:] - 0.85 * x[..., :-1])).abs().max() < 1e-6 and torch.equal(e[..., 0], x[..., 0])
+    assert (deemphasize(e, 0.85) - x).abs().max() < 1e-5
+    # white noise added in the emphasized domain comes out low-passed: its power above a quarter
+    # of the sample rate drops by about (1 + a^2 - 2a cos w) at frequency w: more than 2x here
+    noise = deemphasize(0.01 * torch.randn(1, 64000), 0.85)[0]
+    power = torch.fft.rfft(noise).abs() ** 2
+    high, low = power[power.numel() // 2:].mean(), power[: power.numel() // 8].mean()
+    assert high < low / 10
+
+
+def test_a_preemphasis_model_scores_emphasized_samples_and_generates_plain_ones():
+    torch.manual_seed(4)
+    plain, emph = tiny_vqvae(), tiny_vqvae(preemphasis=0.85)
+    emph.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 1, 640) * 0.4 - 0.2
+    speaker = {"speaker": torch.tensor([0, 1])}
+    assert plain(x, speaker).recon_loss != emph(x, speaker).recon_loss  # another target
+    assert SpeechVQVAE.from_config(emph.config).preemphasis == 0.85
+    codes = plain.encode(x)
+    a = plain.decode_indices(codes, speaker, generator=torch.Generator().manual_seed(0))
+    b = emph.decode_indices(codes, speaker, generator=torch.Generator().manual_seed(0))
+    assert (b - deemphasize(a, 0.85)).abs().max() < 1e-5  # the same draws, de-emphasized
+    with pytest.raises(ValueError, match="preemphasis"):
+        tiny_vqvae(preemphasis=1.0)
 
 
 @pytest.mark.parametrize("length", [64, 1001, 4095, 4097, 6399])

@@ -69,6 +69,9 @@ class SpeechStage1(Stage1Config):
     wavenet_layers: int = Field(20, ge=1)
     wavenet_cycle: int = Field(10, ge=1)  # dilations 1, 2, ..., 2^(cycle-1), then again
     cond_channels: int = Field(64, ge=1)
+    # The decoder models x[t] - a * x[t-1] (0: the paper's plain mu-law samples); generation
+    # undoes it, which pushes the sampling noise below the speech at high frequencies.
+    preemphasis: float = Field(0.0, ge=0, lt=1)
     shown_seconds: float = Field(1.0, gt=0)  # length of the reconstructions written at validation
 
 
@@ -433,7 +436,7 @@ class SpeechModality(Modality):
                            dead_code_steps=stage1.dead_code_steps, speaker_dim=stage1.speaker_dim,
                            wavenet_channels=stage1.wavenet_channels, wavenet_skip=stage1.wavenet_skip,
                            wavenet_layers=stage1.wavenet_layers, wavenet_cycle=stage1.wavenet_cycle,
-                           cond_channels=stage1.cond_channels)
+                           cond_channels=stage1.cond_channels, preemphasis=stage1.preemphasis)
 
     def build_prior(self, stage2: SpeechStage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None,
                     data=None):
