@@ -30,8 +30,8 @@ demo-video: install
 	$(PY) jobs/pipeline.py --config configs/demo-video.yaml
 
 # The GPU tests (tests/test_gpu.py) run with  pytest -m gpu  on a machine with one.
-# Two test processes share the 2 cores (each test mostly waits on Ray and its jobs); the Ray
-# Tune tests run afterwards, alone: a search beside a second local Ray instance hangs.
+# Two test processes share the 2 cores (each test mostly waits on Ray and its jobs), each with a
+# local Ray instance of its own (pipeline.runtime.start_local keeps their workers apart).
 # The MLflow UI test drives Debian's Chromium and ChromeDriver (no browser download at run time):
 # installed here when missing and this is root (CI); otherwise that test fails and says how.
 browser:
