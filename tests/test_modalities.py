@@ -123,3 +123,29 @@ def test_models_batches_metrics_and_files_fit_together(demo, tmp_path):
     paths = modality.write(groups, str(tmp_path / "shown"), data)
     assert paths and all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths)
     assert all(Path(p).name.startswith("shown") for p in paths)
+
+
+def test_sharding_photos_imports_no_torch(tmp_path):
+    """Ray Data's shard workers import the shard module and the modality: for images that is PIL
+    and numpy, not torch (whose import costs each worker seconds of CPU)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("RGB", (60, 48), (200, 10, 10)).save(tmp_path / "a.png")
+    code = (
+        "import sys\n"
+        "from pipeline.data.shard import *\n"
+        "from pipeline import modalities\n"
+        "from pipeline.modalities import RawItem\n"
+        "m = modalities.get('image')\n"
+        "data = m.DataConfig(name='t', root='.', image_size=16)\n"
+        f"raw = open({str(tmp_path / 'a.png')!r}, 'rb').read()\n"
+        "example = m.preprocess(raw, RawItem(key='a', path='a.png', cond={'labels': 3}), data)\n"
+        "assert set(m.to_members(example)), example\n"
+        "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: Ray Data's shard workers never need it
+    import torch
+    from torch import Tensor
 
 from pipeline.sections import SampleConfig, Section, Stage1Config, Stage2Config
 
@@ -179,6 +181,8 @@ class Modality:
 
     def collate(self, items: list[Item]) -> Batch:
         """Items of one shape stacked; modalities whose lengths vary pad and return a mask."""
+        import torch
+
         x = torch.stack([it.x for it in items])
         cond = {k: torch.as_tensor([it.cond[k] for it in items], dtype=torch.long) for k in items[0].cond}
         return Batch(x, cond, None, [it.key for it in items])

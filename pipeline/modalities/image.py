@@ -15,12 +15,16 @@ from __future__ import annotations
 import io
 import os
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 from pydantic import Field
 
 from pipeline.models.metrics import gaussian_bits_per_dim, psnr
+
+if TYPE_CHECKING:  # torch only where tensors are made: sharding (Ray Data's workers) needs none
+    import torch
 from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
                                  register)
 
@@ -113,6 +117,8 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 HWC -> float (C, H, W) in [-0.5, 0.5]."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0).sub_(0.5)
 
 
@@ -138,6 +144,8 @@ def write_grid(groups: list[list[torch.Tensor]], path_stem: str) -> list[str]:
     """Groups of model-space images (C, H, W) -> `<path_stem>.png`, a row per group (written atomically)."""
     path = f"{path_stem}.png"
     tmp = f"{path_stem}.tmp.png"
+    import torch
+
     grid([to_pixels(torch.stack(list(g))) for g in groups]).save(tmp)
     os.replace(tmp, path)
     return [path]
