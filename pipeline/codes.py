@@ -30,7 +30,6 @@ import numpy as np
 from pipeline import modalities, progress
 from pipeline.config import Settings
 from pipeline.data import codeset
-from pipeline.data.reader import shard_urls
 from pipeline.data.shard import manifest_digest, shard_cond
 from pipeline.errors import UserError
 from pipeline.locks import exclusive
@@ -160,6 +159,7 @@ def _parquet_rows(folder: str) -> int:
 
 def dump_codes(settings: Settings) -> dict:
     from pipeline import tracking
+    from pipeline.data.reader import shard_urls  # here: the reading tasks (read_shard) need no torch
 
     shards_manifest, _ = shard_urls(settings.shards_dir, "train")  # no shards: one-line error
     urls = {s: shard_urls(settings.shards_dir, s)[1] for s in SPLITS}

@@ -125,15 +125,23 @@ def test_models_batches_metrics_and_files_fit_together(demo, tmp_path):
     assert all(Path(p).name.startswith("shown") for p in paths)
 
 
-def test_sharding_photos_imports_no_torch(tmp_path):
-    """Ray Data's shard workers import the shard module and the modality: for images that is PIL
-    and numpy, not torch (whose import costs each worker seconds of CPU)."""
+def test_sharding_photos_and_reading_shards_for_codes_import_no_torch(tmp_path):
+    """Ray Data's shard workers import the shard module and the modality, and the codes job's
+    reading tasks its module: for images that is PIL, numpy and tarfile, not torch (whose import
+    costs each worker seconds of CPU)."""
+    import io
     import subprocess
     import sys
+    import tarfile
 
     from PIL import Image
 
     Image.new("RGB", (60, 48), (200, 10, 10)).save(tmp_path / "a.png")
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        png = (tmp_path / "a.png").read_bytes()
+        info = tarfile.TarInfo("a.png")
+        info.size = len(png)
+        tar.addfile(info, io.BytesIO(png))
     code = (
         "import sys\n"
         "from pipeline.data.shard import *\n"
@@ -144,6 +152,9 @@ def test_sharding_photos_imports_no_torch(tmp_path):
         f"raw = open({str(tmp_path / 'a.png')!r}, 'rb').read()\n"
         "example = m.preprocess(raw, RawItem(key='a', path='a.png', cond={'labels': 3}), data)\n"
         "assert set(m.to_members(example)), example\n"
+        "from pipeline.codes import read_shard\n"
+        f"[row] = read_shard({{'path': {str(tmp_path / 'a.tar')!r}}})\n"
+        "assert row['key'] == 'a' and row['exts'] == ['png'], row\n"
         "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
