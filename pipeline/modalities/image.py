@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,11 +21,11 @@ from PIL import Image, ImageOps
 from pydantic import Field
 
 from pipeline.models.metrics import gaussian_bits_per_dim, psnr
+from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
+                                 register)
 
 if TYPE_CHECKING:  # torch only where tensors are made: sharding (Ray Data's workers) needs none
     import torch
-from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
-                                 register)
 
 EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CHANNELS = 3
@@ -142,10 +141,10 @@ def grid(rows: list[np.ndarray], pad: int = 2) -> Image.Image:
 
 def write_grid(groups: list[list[torch.Tensor]], path_stem: str) -> list[str]:
     """Groups of model-space images (C, H, W) -> `<path_stem>.png`, a row per group (written atomically)."""
-    path = f"{path_stem}.png"
-    tmp = f"{path_stem}.tmp.png"
     import torch
 
+    path = f"{path_stem}.png"
+    tmp = f"{path_stem}.tmp.png"
     grid([to_pixels(torch.stack(list(g))) for g in groups]).save(tmp)
     os.replace(tmp, path)
     return [path]
