@@ -11,8 +11,9 @@ pipeline/data/codeset.py:
 Shards are opened inside Ray Data tasks with tarfile (not `read_webdataset`, which mis-groups
 members that are not stored together, ray #44068, and builds a DataFrame per sample), and
 `codes.actors` actors each load the model once; the modality turns a sample's members into model
-input (`from_members`, `collate`). Splits are written to a temporary folder that is renamed into
-place; the manifest is written last, so a folder without one is unfinished. A sample that does
+input (`from_members`, `collate`). Every split goes through one Ray Data pass (one actor pool, the
+model loaded once per actor), its rows partitioned into a folder per split by `write_parquet`, in
+a temporary folder that is renamed into place; the manifest is written last, so a folder without one is unfinished. A sample that does
 not decode, or the rest of a damaged tar, is skipped and counted (the shard manifest's samples
 minus the rows written): the manifest's `skipped`, the run's `skipped_<split>`.
 """
@@ -39,7 +40,8 @@ SPLITS = codeset.SPLITS
 
 
 def read_shard(row: dict) -> list[dict]:
-    """One Ray Data task: every sample of one tar as {key, exts, payloads} (members grouped by key).
+    """One Ray Data task: every sample of one tar as {key, exts, payloads, split} (members grouped
+    by key; `split` is the tar's).
 
     A damaged tar (truncated, bad header) keeps the samples read before the damage; the others are
     skipped, counted by `dump_codes` as the shard manifest's samples minus the rows written."""
@@ -54,7 +56,8 @@ def read_shard(row: dict) -> list[dict]:
     except (tarfile.TarError, OSError, EOFError) as e:
         print(f"codes: {row['path']}: damaged after {len(samples)} samples ({e}); the rest of it is skipped",
               file=sys.stderr, flush=True)
-    return [{"key": k, "exts": list(s), "payloads": list(s.values())} for k, s in samples.items()]
+    return [{"key": k, "exts": list(s), "payloads": list(s.values()), "split": row["split"]}
+            for k, s in samples.items()]
 
 
 MAX_PADDED_INPUT = 2**22  # input elements of one encoder call when sample shapes vary (~16 MB)
@@ -97,8 +100,10 @@ class EncoderActor:
         self.modality = modalities.get(modality)
 
     def __call__(self, batch: dict):
-        items = []
-        for key, exts, payloads in zip(batch["key"], batch["exts"], batch["payloads"]):
+        import pyarrow as pa
+
+        items, splits = [], []
+        for key, exts, payloads, split in zip(batch["key"], batch["exts"], batch["payloads"], batch["split"]):
             try:
                 item = self.modality.from_members({str(e): bytes(p) for e, p in zip(exts, payloads)})
             except Exception as e:  # noqa: BLE001 - a corrupt sample is skipped, not fatal
@@ -106,6 +111,7 @@ class EncoderActor:
                 continue
             item.key = str(key)
             items.append(item)
+            splits.append(str(split))
         codes: list[np.ndarray] = []
         for chunk in _chunks(items):
             x = self.modality.collate(chunk).to(self.device)
@@ -114,20 +120,25 @@ class EncoderActor:
                 shape = self.model.latent_shape(tuple(item.x.shape[1:]))
                 codes.append(indices[(i, *(slice(0, n) for n in shape))])
         cond = {name: [item.cond[name] for item in items] for name in (items[0].cond if items else {})}
-        return codeset.to_table([item.key for item in items], codes, cond, self.dtype)
+        table = codeset.to_table([item.key for item in items], codes, cond, self.dtype)
+        return table.append_column("split", pa.array(splits, pa.string()))  # write_parquet's partition
 
 
-def _encode_split(urls: list[str], out: str, uri: str, tracking_uri: str, dtype: np.dtype,
-                  settings: Settings, gpu: bool, label: str = "codes", total: int | None = None) -> None:
-    """Encode every sample of `urls` into Parquet files under `out`, showing samples encoded."""
+def _encode_splits(urls: dict[str, list[str]], out: str, uri: str, tracking_uri: str, dtype: np.dtype,
+                   settings: Settings, gpu: bool, label: str = "codes", total: int | None = None) -> None:
+    """Encode every sample of `urls` ({split: shard paths}) into Parquet files under
+    `out/<split>/`, showing samples encoded."""
     counted: dict[str, int] = {}
 
     def encoded() -> int:  # rows in the Parquet files written so far (a file being written: later)
         import pyarrow.parquet as pq
 
-        for name in os.listdir(out) if os.path.isdir(out) else []:
-            if name.endswith(".parquet") and name not in counted:
-                counted[name] = pq.ParquetFile(os.path.join(out, name)).metadata.num_rows
+        for split in urls:
+            folder = os.path.join(out, split)
+            for name in os.listdir(folder) if os.path.isdir(folder) else []:
+                path = os.path.join(folder, name)
+                if name.endswith(".parquet") and path not in counted:
+                    counted[path] = pq.ParquetFile(path).metadata.num_rows
         return sum(counted.values())
 
     with progress.polled(encoded, label, total, "samples"):
@@ -137,14 +148,17 @@ def _encode_split(urls: list[str], out: str, uri: str, tracking_uri: str, dtype:
 def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu) -> None:
     import ray
 
+    tars = [{"path": u, "split": split} for split, paths in urls.items() for u in paths]
     (
-        ray.data.from_items([{"path": u} for u in urls], override_num_blocks=len(urls))
+        ray.data.from_items(tars, override_num_blocks=len(tars))
         .flat_map(read_shard)
         .map_batches(EncoderActor, fn_constructor_kwargs={"uri": uri, "tracking_uri": tracking_uri,
                                                           "dtype": dtype.name, "modality": settings.data.modality},
                      compute=ray.data.ActorPoolStrategy(size=settings.codes.actors), num_gpus=1 if gpu else 0,
                      batch_size=settings.codes.batch_size, batch_format="numpy")
-        .write_parquet(out)
+        # out/train/*.parquet, out/val/*.parquet: folders named by the split alone (the column
+        # leaves the files), as stage 2 reads them
+        .write_parquet(out, partition_cols=["split"], partitioning_flavor=None)
     )
 
 
@@ -212,10 +226,9 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
                            "vqvae_run_id": info["run_id"], "shards": settings.shards_dir,
                            "shards_manifest": f"{settings.shards_dir}/manifest.json",
                            "batch_size": settings.codes.batch_size})
-        for split in SPLITS:
-            _encode_split(urls[split], f"{tmp}/{split}", pinned, uri, dtype, settings, gpu,
-                          label=f"codes {settings.data.name} {split}",
-                          total=shards_manifest["splits"][split]["samples"])
+        _encode_splits({s: urls[s] for s in SPLITS}, tmp, pinned, uri, dtype, settings, gpu,
+                       label=f"codes {settings.data.name}",
+                       total=sum(shards_manifest["splits"][s]["samples"] for s in SPLITS))
         rows = {split: _parquet_rows(f"{tmp}/{split}") for split in SPLITS}
         # corrupt samples and damaged tars are skipped, so they are what the shards hold beyond the rows
         skipped = {split: shards_manifest["splits"][split]["samples"] - rows[split] for split in SPLITS}
