@@ -132,8 +132,51 @@ def metric_rows(settings: Settings, results: dict) -> list[tuple[str, str, objec
     return rows
 
 
-def write_report(settings: Settings, results: dict) -> str:
-    """Write the page, log it on the pipeline's MLflow run, return its path."""
+def _registered(client, uri: str) -> dict:
+    """{name, version, run_id, metrics} of a registered model, as a training stage returns it:
+    its run's validation and key metrics at the step of the registered checkpoint (a prior's
+    best validation, not its last), else their last values."""
+    from pipeline import tracking
+
+    info = tracking.resolve(uri)
+    run = client.get_run(info["run_id"])
+    keys = [k for k in run.data.metrics
+            if k.startswith("val_") or k in info["tags"].get("key_metrics", "").split(",")]
+    history = {k: {m.step: m.value for m in client.get_metric_history(info["run_id"], k)} for k in keys}
+    step = None
+    for tag, value in info["tags"].items():  # the registered value names its step
+        if tag.startswith(tracking.METRIC_TAG_PREFIX):
+            metric = tag[len(tracking.METRIC_TAG_PREFIX):]
+            step = next((st for st, v in sorted(history.get(metric, {}).items()) if repr(float(v)) == value), None)
+    metrics = {k: h[step] if step in h else run.data.metrics[k] for k, h in history.items()}
+    if step is not None:
+        metrics["step"] = step
+    return {"name": info["name"], "version": info["version"], "run_id": info["run_id"], "metrics": metrics}
+
+
+def results_from_registry(settings: Settings, prior_uri: str) -> dict:
+    """What jobs/pipeline.py hands `write_report`, found from a registered prior's lineage (prior
+    -> its VQ-VAE version and codes -> the shards), for a person who ran the stages one by one."""
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+    from pipeline.data import codeset
+    from pipeline.data.shard import load_manifest
+
+    client = MlflowClient(settings.tracking_uri)
+    stage2 = _registered(client, prior_uri)
+    tags = tracking.resolve(prior_uri)["tags"]
+    results = {"stage2": stage2}
+    if tags.get("vqvae_name") and tags.get("vqvae_version"):
+        results["stage1"] = _registered(client, f"models:/{tags['vqvae_name']}/{tags['vqvae_version']}")
+    if tags.get("codes"):
+        results["codes"] = codeset.load_manifest(tags["codes"]) or {}
+    results["shard"] = load_manifest(settings.shards_dir) or {}
+    return results
+
+
+def write_report(settings: Settings, results: dict, run_id: str | None = None) -> str:
+    """Write the page, log it on the pipeline's MLflow run (or `run_id`), return its path."""
     from mlflow import MlflowClient
 
     client = MlflowClient(settings.tracking_uri)
@@ -187,7 +230,7 @@ def write_report(settings: Settings, results: dict) -> str:
     with open(tmp_path, "w") as f:
         f.write(page)
     os.replace(tmp_path, path)
-    run_id = results.get("pipeline_run_id")
+    run_id = run_id or results.get("pipeline_run_id")
     if run_id:
         client.log_artifact(run_id, path)
     return path

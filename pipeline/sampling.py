@@ -7,7 +7,8 @@ image class, a speaker; `sample.per_class` in all when there is none) are drawn 
 call (raster order, the paper's section 4.2), decoded with the VQ-VAE, and written by the
 modality (`write`, a group per class) as `<workdir>/samples/samples-<prior version>.*`, also
 logged to an MLflow run. A prior whose codes came from another VQ-VAE version than the decoder's
-is refused: its codes would index a different codebook.
+is refused: its codes would index a different codebook. jobs/sample.py then writes the report
+page of the prior's lineage (`sample_and_report`), as jobs/pipeline.py does after every stage.
 """
 from __future__ import annotations
 
@@ -42,6 +43,29 @@ def sampling_plan(cond: dict[str, CondSpec], per_class: int):
 
 
 def sample(settings: Settings) -> str:
+    """Draw, decode and write the samples; -> the main file."""
+    path = _sample(settings)[0]
+    print(path, flush=True)  # last, alone: the file to open (scripts read it)
+    return path
+
+
+def sample_and_report(settings: Settings) -> str:
+    """`sample`, then the report page of the prior's whole lineage (`pipeline.report`), logged on
+    the sample run: what jobs/sample.py runs, so a person who ran the stages one by one gets the
+    page jobs/pipeline.py writes."""
+    from pipeline.report import results_from_registry, write_report
+
+    path, run_id, prior_uri = _sample(settings)
+    results = results_from_registry(settings, prior_uri)
+    report = write_report(settings, results, run_id=run_id)
+    print(f"sample {settings.data.name}: report {report}  (open it in a browser; also on the sample's MLflow run)",
+          flush=True)
+    print(path, flush=True)  # last, alone: the file to open (scripts read it)
+    return path
+
+
+def _sample(settings: Settings) -> tuple[str, str, str]:
+    """-> (the main file, the sample's MLflow run id, the prior's models:/ URI)."""
     import mlflow
     import torch
 
@@ -79,8 +103,7 @@ def sample(settings: Settings) -> str:
         print(f"sample {settings.data.name}: {name} = {value:.4g}", flush=True)
     print(f"sample {settings.data.name}: {len(paths)} files from {prior_uri} decoded by {vqvae_uri} in "
           f"{seconds:.0f} s under {settings.samples_dir}; MLflow run {run.info.run_id}", flush=True)
-    print(paths[0], flush=True)  # last, alone: the file to open (scripts read it)
-    return paths[0]
+    return paths[0], run.info.run_id, prior_uri
 
 
 def draw_per_class(settings: Settings, prior, vqvae, meta: dict, device, stem: str) -> list[str]:

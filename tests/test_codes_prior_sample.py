@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -157,13 +158,29 @@ def test_training_the_prior_again_does_nothing(chain, capsys):
 def test_sample_writes_one_row_per_class(chain):
     proc = run_job("sample.py", "--config", str(chain["cfg"]), timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    *_, summary, path = proc.stdout.strip().splitlines()
+    *_, path = proc.stdout.strip().splitlines()
     assert path == f"{chain['settings'].samples_dir}/samples-1.png"
     # the summary names the models and the MLflow run that holds the samples
     client = MlflowClient(chain["settings"].tracking_uri)
+    [summary] = [line for line in proc.stdout.splitlines() if " decoded by " in line]
     run_id = summary.rsplit("MLflow run ", 1)[-1]
     assert client.get_run(run_id).data.tags["stage"] == "sample", summary
     assert "models:/prior-t/1 decoded by models:/vqvae-t/1" in summary, summary
+    # run stage by stage, the job still writes the pipeline's report, from the registry's lineage,
+    # with the prior's registered (best) checkpoint's numbers, and logs it on the sample run
+    report = Path(chain["settings"].workdir) / "report-t.html"
+    assert f"sample t: report {report}" in proc.stdout
+    assert report.name in {a.path for a in client.list_artifacts(run_id)}
+    page = report.read_text()
+    lineage = page.split("class=lineage>", 1)[1].split("</p>", 1)[0]
+    assert [part.split("<code>")[-1].split("</code>")[0] if "<code>" in part else part.split(" (")[0].strip()
+            for part in lineage.split(" &rarr; ")] == \
+        [chain["settings"].shards_dir, "models:/vqvae-t/1", "codes K=32", "models:/prior-t/1"], lineage
+    nll = re.search(r"<td>stage 2 \(prior\)</td><td>val_nll_bits_per_code</td><td>([0-9.]+)</td>", page)
+    assert float(nll.group(1)) == pytest.approx(chain["stage2"]["metrics"]["val_nll_bits_per_code"], rel=1e-3)
+    psnr = re.search(r"<td>stage 1 \(VQ-VAE\)</td><td>val_psnr</td><td>([0-9.]+)</td>", page)
+    assert float(psnr.group(1)) == pytest.approx(chain["stage1"]["metrics"]["val_psnr"], rel=1e-3)
+    assert page.count("<img ") == 3  # the reconstructions, the codebook usage, the samples
     with Image.open(path) as img:
         size = 16 + 2  # image_size + grid padding
         assert img.size == (3 * size + 2, 10 * size + 2)
