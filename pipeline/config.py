@@ -59,6 +59,28 @@ class TuneSection(_Section):
     reduction_factor: float = Field(2.0, gt=1)
     seed: int = 0
 
+    @field_validator("space", "overrides", mode="before")
+    @classmethod
+    def _dotted(cls, value: Any) -> Any:
+        """Nested keys as dotted ones: `--set tune.overrides.stage1.steps=60` gives
+        {stage1: {steps: 60}} beside the YAML's {stage1.steps: 400}; both mean stage1.steps (the
+        later wins), never "replace the whole stage1 section with {steps: 60}"."""
+        if not isinstance(value, dict) or not value:
+            return value
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            sampler = isinstance(node, dict) and len(node) == 1 and next(iter(node)) in _SAMPLERS
+            if isinstance(node, dict) and node and not sampler:
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                flat.pop(prefix, None)  # re-inserted last: the later of two spellings wins
+                flat[prefix] = node
+
+        walk("", value)
+        return flat
+
     @model_validator(mode="after")
     def _check_space(self) -> "TuneSection":
         if not self.space:
@@ -172,6 +194,8 @@ class Settings(_Section):
                 if not isinstance(node.get(part), dict):
                     raise ValueError(f"tune: {key!r} does not name a config key")
                 node = node[part]
+            if isinstance(node.get(leaf), dict) or leaf not in node:  # a section, or no such key
+                raise ValueError(f"tune: {key!r} does not name a config key")
             node[leaf] = value
         tree["tune"] = {**tree["tune"], "overrides": {}}  # a trial does not tune again
         return tree

@@ -38,6 +38,25 @@ def test_space_is_validated_before_any_trial(tmp_path, demo_raw):
         load_settings(cfg)
 
 
+def test_an_override_set_on_the_command_line_changes_one_key_of_every_trial(tmp_path, demo_raw):
+    from pipeline.tuning import trial_settings
+
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw, stage1={**TINY_STAGE1, "hidden": 48},
+                       tune={"space": {"stage1.codebook_size": [8, 16]},
+                             "overrides": {"stage1.steps": 400, "ray.num_workers": 1}})
+    # `--set tune.overrides.stage1.steps=60` arrives nested ({stage1: {steps: 60}}): it once
+    # replaced the whole stage1 section, and every trial trained the default model (hidden 256)
+    settings = load_settings(cfg, ["tune.overrides.stage1.steps=60", "tune.space.stage1.lr=[0.001, 0.002]"])
+    assert settings.tune.overrides == {"stage1.steps": 60, "ray.num_workers": 1}
+    assert settings.tune.space == {"stage1.codebook_size": [8, 16], "stage1.lr": [0.001, 0.002]}
+    trial = trial_settings(settings, {"stage1.codebook_size": 8, "stage1.lr": 0.002})
+    assert (trial.stage1.steps, trial.stage1.hidden, trial.stage1.batch_size, trial.stage1.codebook_size,
+            trial.stage1.lr, trial.ray.num_workers) == (60, 48, TINY_STAGE1["batch_size"], 8, 0.002, 1)
+    for override in ("tune.overrides.stage1=3", "tune.overrides.stage1.nope=3"):
+        with pytest.raises(UserError, match="does not name a config key"):
+            load_settings(cfg, [override])
+
+
 @pytest.mark.slow
 def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, demo_raw, demo_shards):
     work = workdir_with_shards(tmp_path, demo_shards)
