@@ -130,3 +130,46 @@ def test_a_count_that_stands_still_is_not_said_again(on):
     bar.update(60)
     bar.close()
     assert len(out.getvalue().splitlines()) == 1, out.getvalue()
+
+
+def _pty(columns: int):
+    """(a stream on a pseudo-terminal `columns` wide, a function that reads what reached it)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    stream = os.fdopen(slave, "w")
+
+    def read() -> str:
+        stream.flush()
+        os.set_blocking(master, False)
+        chunks = []
+        while True:
+            try:
+                chunks.append(os.read(master, 65536).decode(errors="replace"))
+            except (BlockingIOError, OSError):
+                return "".join(chunks)
+
+    return stream, read
+
+
+def test_a_terminal_gets_a_bar_and_an_unsized_one_gets_lines(on):
+    stream, read = _pty(100)  # a person's terminal: a bar redrawn in place
+    with progress.Progress("stage1 demo", 50, "steps", stream=stream) as bar:
+        bar.update(50, loss=0.25)
+    shown = read()
+    stream.close()
+    assert re.search(r"stage1 demo: 100%\|[^\n]*\| 50/50 .*loss 0\.25", shown), shown
+    assert "\r" in shown  # redrawn on the same line
+    # a pty nobody sized (`script`, some CI runners): 0 columns, where a bar draws as nothing
+    stream, read = _pty(0)
+    with progress.Progress("stage1 demo", 50, "steps", stream=stream) as bar:
+        _started_ago(bar, 10.0)
+        bar.update(25, loss=0.25)
+    shown = read()
+    stream.close()
+    assert shown.strip().splitlines()[0].startswith("stage1 demo: 25/50 steps (50%)"), shown
