@@ -23,6 +23,8 @@ import os
 import tempfile
 from typing import Any
 
+from ray.tune import Callback
+
 from pipeline.config import Settings
 from pipeline.errors import UserError
 from pipeline.locks import exclusive
@@ -135,6 +137,53 @@ def _search(settings: Settings, search: str, lineage: dict, experiment_id: str) 
     return _finish(settings, search, parent, trials, lineage)
 
 
+class TrialProgress(Callback):
+    """Trials done/total as the search goes (pipeline.progress: a bar on a terminal, a line every
+    few seconds elsewhere), with the best validated value so far and its trial's searched values:
+    what Ray Tune's status tables say, in one line (they come back with --verbose). Tune pickles
+    its callbacks with a search's state; the bar is made again after a restore."""
+
+    def __init__(self, label: str, total: int, metric: str, keys: list[str]):
+        self.label, self.total, self.metric, self.keys = label, total, metric, keys
+        self.best: tuple[float, str] | None = None
+        self.finished: set[str] = set()
+        self._bar = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_bar": None}
+
+    def _show(self, trials) -> None:
+        from pipeline import progress
+
+        if self._bar is None:
+            self._bar = progress.Progress(self.label, self.total, "trials", initial=len(self.finished))
+        running = sum(t.status == "RUNNING" and t.trial_id not in self.finished for t in trials)
+        best = f"{self.best[0]:.4g} ({self.best[1]})" if self.best else None
+        self._bar.update(len(self.finished), running=running, **{f"best {self.metric}": best})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value) and (self.best is None or value < self.best[0]):
+            values = ", ".join(f"{k.split('.', 1)[-1]}={trial.config.get(k)}" for k in self.keys)
+            self.best = (float(value), values)
+        self._show(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._show(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished.add(trial.trial_id)
+        self._show(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.on_trial_complete(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials, **info):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def _fit_search(settings: Settings, base: Settings, search: str, parent: str, experiment_id: str, trial):
     from mlflow import MlflowClient
     from ray import tune
@@ -158,7 +207,16 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
     scheduler = ASHAScheduler(time_attr="step", metric=_metrics(settings)[0], mode="min", max_t=trial.steps,
                               grace_period=min(t.grace_period or trial.val_every, trial.steps),
                               reduction_factor=t.reduction_factor)
+    verbose = bool(os.environ.get("PIPELINE_VERBOSE"))
+    if not verbose:
+        # Tune's own output (the experiment's table, "View detailed results", a TensorBoard hint,
+        # status tables every 30 s) only with --verbose: the trial progress line says how far the
+        # search is. Its new-style output prints the header even at verbose=0; the classic one
+        # at 0 prints nothing.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     path = os.path.join(settings.runs_dir, search)
+    progress = TrialProgress(f"tune {settings.data.name}", len(_grid(settings)) * t.num_samples,
+                             _metrics(settings)[0], list(t.space))
     try:
         if tune.Tuner.can_restore(path):
             print(f"tune {settings.data.name}: resuming search {search}", flush=True)
@@ -168,7 +226,8 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
                 trainable, param_space=param_space(settings),
                 tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=t.num_samples,
                                             max_concurrent_trials=t.max_concurrent_trials),
-                run_config=tune.RunConfig(name=search, storage_path=settings.runs_dir, verbose=1))
+                run_config=tune.RunConfig(name=search, storage_path=settings.runs_dir, verbose=1 if verbose else 0,
+                                          callbacks=[progress]))
         return tuner.fit()
     except BaseException:
         MlflowClient(settings.tracking_uri).set_terminated(parent, status="FAILED")

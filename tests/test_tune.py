@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,10 +74,15 @@ def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, dem
                              "overrides": {"stage1.steps": 40, "stage1.val_every": 10,
                                            "stage1.checkpoint_every": 20, "ray.num_workers": 1}})
     assert ray_local.is_initialized()  # the other instance
-    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=600)
+    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=600, env={"PIPELINE_PROGRESS_SECONDS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "started a local instance (4 CPU" in out and "4 trials" in out and "best val_mse" in out, out[-2000:]
+    # the search's progress in lines of its own (not a terminal), Tune's status tables left out
+    shown = [line for line in out.splitlines() if re.match(r"tune t: \d/4 trials", line)]
+    assert shown and shown[-1].startswith("tune t: 4/4 trials (100%)"), out[-3000:]
+    assert re.search(r"best val_mse [0-9.]+ \(codebook_size=(8|32), lr=0.001\)", shown[-1]), shown[-1]
+    assert "Trial status" not in out + proc.stderr and "tensorboard" not in (out + proc.stderr).lower()
 
     settings = load_settings(cfg)
     client = MlflowClient(settings.tracking_uri)
