@@ -80,9 +80,9 @@ class Progress:
         self.done = (done if done is not None else self.done) + advance
         self.facts.update({k: v for k, v in facts.items() if v is not None})
         if self._bar is not None:
-            self._bar.update(self.done - previous)
             if self.facts:
-                self._bar.set_postfix_str(self._facts(), refresh=False)
+                self._bar.set_postfix_str(self._fitted(self._facts()), refresh=False)
+            self._bar.update(self.done - previous)
             return
         now = time.monotonic()
         # the first line once there is something to say (work done, or an interval gone by); later
@@ -119,6 +119,16 @@ class Progress:
 
     def _facts(self) -> str:
         return ", ".join(f"{k} {_fmt(v)}" for k, v in self.facts.items())
+
+    def _fitted(self, facts: str) -> str:
+        """The facts cut to what the terminal's width leaves beside the label, the counts and a
+        bar of 10: a line longer than the terminal wraps, and every redraw then starts a new line."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            return facts
+        room = columns - len(self.label) - len(self.unit) - 62  # "100%|" bar "| n/total [0:00<0:00, rate, "
+        return facts if len(facts) <= room else facts[:max(room - 1, 0)] + "…"
 
     def _line(self, now: float) -> None:
         self._last_line = now

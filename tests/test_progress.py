@@ -173,3 +173,14 @@ def test_a_terminal_gets_a_bar_and_an_unsized_one_gets_lines(on):
     shown = read()
     stream.close()
     assert shown.strip().splitlines()[0].startswith("stage1 demo: 25/50 steps (50%)"), shown
+
+
+def test_a_bar_with_many_facts_stays_on_one_line_of_the_terminal(on):
+    stream, read = _pty(100)
+    with progress.Progress("stage1 demo", 1500, "steps", stream=stream) as bar:
+        for step in (250, 500):
+            bar.update(step, loss=0.008611, val_mse=0.007302, val_psnr=21.37, perplexity=93.2, codebook_usage=0.98)
+    drawn = [line for line in re.split(r"[\r\n]", read()) if line.strip()]
+    stream.close()
+    assert drawn and all(len(line) <= 100 for line in drawn), [len(line) for line in drawn]
+    assert re.search(r"\|[█▏▎▍▌▋▊▉ ]{10,}\|", drawn[-1]) and "loss 0.008611" in drawn[-1], drawn[-1]
