@@ -71,7 +71,10 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=label, unit=f" {unit}", file=self.stream,
-                             dynamic_ncols=True, mininterval=0.5, leave=leave)
+                             dynamic_ncols=True, mininterval=0.5, leave=leave,
+                             # "0.15 shards/s", not tqdm's "6.49s/ shards" for a slow unit
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
+                                        "{rate_noinv_fmt}{postfix}]" if total else None)
 
     def update(self, done: int | None = None, advance: int = 0, **facts) -> None:
         if not self.active:
