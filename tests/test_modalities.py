@@ -8,6 +8,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,8 +154,56 @@ def test_sharding_photos_and_reading_shards_for_codes_import_no_torch(tmp_path):
         "example = m.preprocess(raw, RawItem(key='a', path='a.png', cond={'labels': 3}), data)\n"
         "assert set(m.to_members(example)), example\n"
         "from pipeline.codes import read_shard\n"
-        f"[row] = read_shard({{'path': {str(tmp_path / 'a.tar')!r}}})\n"
-        "assert row['key'] == 'a' and row['exts'] == ['png'], row\n"
+        f"[row] = read_shard({{'path': {str(tmp_path / 'a.tar')!r}, 'split': 'val'}})\n"
+        "assert row['key'] == 'a' and row['exts'] == ['png'] and row['split'] == 'val', row\n"
+        "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_sharding_speech_and_video_imports_no_torch(tmp_path):
+    """As for photos: a voice's and a clip's way into the tars (Ray Data's shard workers) needs
+    soundfile and PyAV, not torch; the speech models and the modality name the speaker alike."""
+    import subprocess
+    import sys
+
+    import av
+    import soundfile as sf
+
+    from pipeline.modalities.speech import SPEAKER
+    from pipeline.models import speech
+
+    assert SPEAKER == speech.SPEAKER
+    t = np.arange(8000) / 8000
+    sf.write(tmp_path / "a.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 8000)
+    with av.open(str(tmp_path / "c.mkv"), mode="w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=10)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "bgr0"
+        for i in range(6):
+            frame = np.full((16, 16, 3), i * 20, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    code = (
+        "import sys\n"
+        "from pipeline.data.shard import *\n"
+        "from pipeline import modalities\n"
+        "from pipeline.modalities import RawItem\n"
+        "m = modalities.get('speech')\n"
+        "data = m.DataConfig(name='t', root='.', sample_rate=8000)\n"
+        f"raw = open({str(tmp_path / 'a.wav')!r}, 'rb').read()\n"
+        "example = m.preprocess(raw, RawItem(key='a', path='a.wav', cond={'speaker': 1}), data)\n"
+        "assert set(m.to_members(example)) == {'flac', 'spk', 'txt'}, example\n"
+        "v = modalities.get('video')\n"
+        "data = v.DataConfig(name='t', root='.', frame_size=16, frames=4)\n"
+        f"raw = open({str(tmp_path / 'c.mkv')!r}, 'rb').read()\n"
+        "clip = v.preprocess(raw, RawItem(key='c', path='c.mkv', cond={}), data)\n"
+        "windows = v.samples_of(clip, 'c', data)\n"
+        "assert windows and 'png' in v.to_members(windows[0][1]), windows\n"
         "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

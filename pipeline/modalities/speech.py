@@ -27,17 +27,22 @@ import io
 import os
 import random
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from pipeline.sections import SampleConfig, Stage1Config, Stage2Config
 from pipeline.errors import UserError
-from pipeline.models.speech import SPEAKER  # the conditioning's name: batches, codes, models
 from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
                                  register)
+
+if TYPE_CHECKING:  # torch only where tensors are made: sharding (Ray Data's workers) needs none
+    import torch
+
+# The conditioning's name in batches, codes and the models: pipeline.models.speech.SPEAKER, spelt
+# here too so that sharding (Ray Data's workers) imports no torch; a test checks they agree.
+SPEAKER = "speaker"
 
 EXTENSIONS = (".wav", ".flac", ".ogg")
 INFO = "speaker-info.txt"
@@ -298,6 +303,8 @@ def list_speech(data: SpeechData) -> tuple[list[str], dict[str, list[RawItem]], 
 
 
 def to_tensor(x: np.ndarray) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
 
 
@@ -358,10 +365,11 @@ class SpeechModality(Modality):
         "perplexity": "VCTK: K=512 codes, 64x fewer latents than samples",
     }
 
-    def __init__(self) -> None:
+    @property
+    def model_classes(self):
         from pipeline.models.speech import CodePrior, SpeechVQVAE
 
-        self.model_classes = {"SpeechVQVAE": SpeechVQVAE, "CodePrior": CodePrior}
+        return {"SpeechVQVAE": SpeechVQVAE, "CodePrior": CodePrior}
 
     # shard
     def find(self, data: SpeechData) -> Listing:
@@ -397,6 +405,8 @@ class SpeechModality(Modality):
         return Item(to_tensor(x), {SPEAKER: int(members["spk"])})
 
     def collate(self, items: list[Item]) -> Batch:
+        import torch
+
         longest = max(it.x.shape[-1] for it in items)
         x = torch.zeros(len(items), 1, longest)
         mask = torch.zeros(len(items), longest, dtype=torch.bool)

@@ -32,18 +32,20 @@ import os
 import random
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
 from pipeline.errors import UserError
-from pipeline.models.metrics import psnr
 from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
                                  register)
 from pipeline.modalities.image import decode_png, encode_png, grid, mse_metrics, to_pixels
 from pipeline.sections import SampleConfig, Stage1Config, Stage2Config
+
+if TYPE_CHECKING:  # torch only where tensors are made: sharding (Ray Data's workers) needs none
+    import torch
 
 EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".gif", ".mov")
 ACTIONS = "actions"  # the per-frame conditioning's name: batches, codes, the prior
@@ -210,6 +212,8 @@ def png_to_frames(data: bytes) -> np.ndarray:
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-0.5, 0.5]."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(255.0).sub_(0.5)
 
 
@@ -519,6 +523,8 @@ class VideoModality(Modality):
                           num_heads=stage2.num_heads, dropout=stage2.dropout)
 
     def val_sums(self, batch: Batch, out) -> dict[str, float]:
+        import torch
+
         err = (out.recon.float() - batch.x).square()
         per_frame = err.mean(dim=(1, 3, 4)).clamp(min=1e-12)  # (B, T)
         return {"sq_err": err.sum().item(), "dims": float(batch.x.numel()),
