@@ -2,7 +2,8 @@
 to) than read in logs.
 
 `<workdir>/report-<data.name>.html`, also an artifact of the pipeline's MLflow run (the MLflow UI
-shows HTML artifacts). Every picture, sound and video is embedded (data: URIs), so the page opens
+shows HTML artifacts). jobs/sample.py writes the same page for a person who ran the stages one by
+one, from what the registry records of the prior's lineage (`results_from_registry`). Every picture, sound and video is embedded (data: URIs), so the page opens
 anywhere, from the file or from MLflow. At the top the lineage: shards -> VQ-VAE version -> codes
 -> prior version; then the metrics beside the uniform prior's and the paper's reference numbers,
 the reconstructions of the last validation, the codebook usage, and the samples.
