@@ -13,9 +13,10 @@ members that are not stored together, ray #44068, and builds a DataFrame per sam
 `codes.actors` actors each load the model once; the modality turns a sample's members into model
 input (`from_members`, `collate`). Every split goes through one Ray Data pass (one actor pool, the
 model loaded once per actor), its rows partitioned into a folder per split by `write_parquet`, in
-a temporary folder that is renamed into place; the manifest is written last, so a folder without one is unfinished. A sample that does
-not decode, or the rest of a damaged tar, is skipped and counted (the shard manifest's samples
-minus the rows written): the manifest's `skipped`, the run's `skipped_<split>`.
+a temporary folder that is renamed into place; the manifest is written last, so a folder without
+one is unfinished. A sample that does not decode, or the rest of a damaged tar, is skipped and
+counted (the shard manifest's samples minus the rows written): the manifest's `skipped`, the
+run's `skipped_<split>`.
 """
 from __future__ import annotations
 

@@ -158,7 +158,8 @@ def _is_terminal(stream) -> bool:
     """A terminal a bar can be drawn on: a tty of known width (a pty nobody sized, as `script`
     or some CI runners make, reports 0 columns and tqdm would draw an empty bar: lines there)."""
     try:
-        return stream.isatty() and os.environ.get("TERM") != "dumb" and os.get_terminal_size(stream.fileno()).columns > 0
+        return (stream.isatty() and os.environ.get("TERM") != "dumb"
+                and os.get_terminal_size(stream.fileno()).columns > 0)
     except (AttributeError, ValueError, OSError):
         return False
 

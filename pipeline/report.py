@@ -3,8 +3,9 @@ to) than read in logs.
 
 `<workdir>/report-<data.name>.html`, also an artifact of the pipeline's MLflow run (the MLflow UI
 shows HTML artifacts). jobs/sample.py writes the same page for a person who ran the stages one by
-one, from what the registry records of the prior's lineage (`results_from_registry`). Every picture, sound and video is embedded (data: URIs), so the page opens
-anywhere, from the file or from MLflow. At the top the lineage: shards -> VQ-VAE version -> codes
+one, from what the registry records of the prior's lineage (`results_from_registry`). Every
+picture, sound and video is embedded (data: URIs), so the page opens anywhere, from the file or
+from MLflow. At the top the lineage: shards -> VQ-VAE version -> codes
 -> prior version; then the metrics beside the uniform prior's and the paper's reference numbers,
 the reconstructions of the last validation, the codebook usage, and the samples.
 """
@@ -133,22 +134,20 @@ def metric_rows(settings: Settings, results: dict) -> list[tuple[str, str, objec
     return rows
 
 
-def _registered(client, uri: str) -> dict:
-    """{name, version, run_id, metrics} of a registered model, as a training stage returns it:
-    its run's validation and key metrics at the step of the registered checkpoint (a prior's
-    best validation, not its last), else their last values."""
+def _registered(client, info: dict) -> dict:
+    """{name, version, run_id, metrics} of a registered model (`tracking.resolve`'s info), as a
+    training stage returns it: its run's validation and key metrics at the step of the registered
+    checkpoint (a prior's best validation, not its last), else their last values."""
     from pipeline import tracking
 
-    info = tracking.resolve(uri)
     run = client.get_run(info["run_id"])
     keys = [k for k in run.data.metrics
             if k.startswith("val_") or k in info["tags"].get("key_metrics", "").split(",")]
     history = {k: {m.step: m.value for m in client.get_metric_history(info["run_id"], k)} for k in keys}
-    step = None
-    for tag, value in info["tags"].items():  # the registered value names its step
-        if tag.startswith(tracking.METRIC_TAG_PREFIX):
-            metric = tag[len(tracking.METRIC_TAG_PREFIX):]
-            step = next((st for st, v in sorted(history.get(metric, {}).items()) if repr(float(v)) == value), None)
+    # the version's metric.<name> tag holds the registered value, which names its step
+    [(metric, value)] = [(tag.removeprefix(tracking.METRIC_TAG_PREFIX), v) for tag, v in info["tags"].items()
+                         if tag.startswith(tracking.METRIC_TAG_PREFIX)] or [(None, None)]
+    step = next((st for st, v in sorted(history.get(metric, {}).items()) if repr(float(v)) == value), None)
     metrics = {k: h[step] if step in h else run.data.metrics[k] for k, h in history.items()}
     if step is not None:
         metrics["step"] = step
@@ -165,11 +164,12 @@ def results_from_registry(settings: Settings, prior_uri: str) -> dict:
     from pipeline.data.shard import load_manifest
 
     client = MlflowClient(settings.tracking_uri)
-    stage2 = _registered(client, prior_uri)
-    tags = tracking.resolve(prior_uri)["tags"]
-    results = {"stage2": stage2}
+    prior = tracking.resolve(prior_uri)
+    tags = prior["tags"]
+    results = {"stage2": _registered(client, prior)}
     if tags.get("vqvae_name") and tags.get("vqvae_version"):
-        results["stage1"] = _registered(client, f"models:/{tags['vqvae_name']}/{tags['vqvae_version']}")
+        vqvae = tracking.resolve(f"models:/{tags['vqvae_name']}/{tags['vqvae_version']}")
+        results["stage1"] = _registered(client, vqvae)
     if tags.get("codes"):
         results["codes"] = codeset.load_manifest(tags["codes"]) or {}
     results["shard"] = load_manifest(settings.shards_dir) or {}

@@ -215,13 +215,13 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
         # at 0 prints nothing.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     path = os.path.join(settings.runs_dir, search)
-    progress = TrialProgress(f"tune {settings.data.name}", len(_grid(settings)) * t.num_samples,
-                             _metrics(settings)[0], list(t.space))
     try:
         if tune.Tuner.can_restore(path):
             print(f"tune {settings.data.name}: resuming search {search}", flush=True)
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-        else:
+        else:  # a restored search brings back its TrialProgress with its state
+            progress = TrialProgress(f"tune {settings.data.name}", len(_grid(settings)) * t.num_samples,
+                                     _metrics(settings)[0], list(t.space))
             tuner = tune.Tuner(
                 trainable, param_space=param_space(settings),
                 tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=t.num_samples,

@@ -3,6 +3,7 @@ defines), on each one's own small demo data: what the shard, training, codes and
 relies on without knowing which modality it asks."""
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -126,13 +127,29 @@ def test_models_batches_metrics_and_files_fit_together(demo, tmp_path):
     assert all(Path(p).name.startswith("shown") for p in paths)
 
 
+def _torch_loaded_after(code: str) -> list[str]:
+    """The torch modules a fresh interpreter holds after importing the shard module and the
+    modalities, as Ray Data's shard workers do, then running `code`."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from pipeline.data.shard import *\n"
+            "from pipeline import modalities\n"
+            "from pipeline.modalities import RawItem\n"
+            + code +
+            "import json\n"
+            "print(json.dumps(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.'))))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_sharding_photos_and_reading_shards_for_codes_import_no_torch(tmp_path):
     """Ray Data's shard workers import the shard module and the modality, and the codes job's
     reading tasks its module: for images that is PIL, numpy and tarfile, not torch (whose import
     costs each worker seconds of CPU)."""
     import io
-    import subprocess
-    import sys
     import tarfile
 
     from PIL import Image
@@ -143,11 +160,7 @@ def test_sharding_photos_and_reading_shards_for_codes_import_no_torch(tmp_path):
         info = tarfile.TarInfo("a.png")
         info.size = len(png)
         tar.addfile(info, io.BytesIO(png))
-    code = (
-        "import sys\n"
-        "from pipeline.data.shard import *\n"
-        "from pipeline import modalities\n"
-        "from pipeline.modalities import RawItem\n"
+    assert _torch_loaded_after(
         "m = modalities.get('image')\n"
         "data = m.DataConfig(name='t', root='.', image_size=16)\n"
         f"raw = open({str(tmp_path / 'a.png')!r}, 'rb').read()\n"
@@ -156,21 +169,14 @@ def test_sharding_photos_and_reading_shards_for_codes_import_no_torch(tmp_path):
         "from pipeline.codes import read_shard\n"
         f"[row] = read_shard({{'path': {str(tmp_path / 'a.tar')!r}, 'split': 'val'}})\n"
         "assert row['key'] == 'a' and row['exts'] == ['png'] and row['split'] == 'val', row\n"
-        "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]", proc.stdout
+    ) == []
 
 
 def test_sharding_speech_and_video_imports_no_torch(tmp_path):
     """As for photos: a voice's and a clip's way into the tars (Ray Data's shard workers) needs
     soundfile and PyAV, not torch; the speech models and the modality name the speaker alike."""
-    import subprocess
-    import sys
-
-    import av
     import soundfile as sf
+    from test_video_data import write_clip
 
     from pipeline.modalities.speech import SPEAKER
     from pipeline.models import speech
@@ -178,21 +184,8 @@ def test_sharding_speech_and_video_imports_no_torch(tmp_path):
     assert SPEAKER == speech.SPEAKER
     t = np.arange(8000) / 8000
     sf.write(tmp_path / "a.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 8000)
-    with av.open(str(tmp_path / "c.mkv"), mode="w", format="matroska") as out:
-        stream = out.add_stream("ffv1", rate=10)
-        stream.width = stream.height = 16
-        stream.pix_fmt = "bgr0"
-        for i in range(6):
-            frame = np.full((16, 16, 3), i * 20, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    code = (
-        "import sys\n"
-        "from pipeline.data.shard import *\n"
-        "from pipeline import modalities\n"
-        "from pipeline.modalities import RawItem\n"
+    write_clip(tmp_path / "c.mkv", 6)  # lossless, 6 frames
+    assert _torch_loaded_after(
         "m = modalities.get('speech')\n"
         "data = m.DataConfig(name='t', root='.', sample_rate=8000)\n"
         f"raw = open({str(tmp_path / 'a.wav')!r}, 'rb').read()\n"
@@ -204,8 +197,4 @@ def test_sharding_speech_and_video_imports_no_torch(tmp_path):
         "clip = v.preprocess(raw, RawItem(key='c', path='c.mkv', cond={}), data)\n"
         "windows = v.samples_of(clip, 'c', data)\n"
         "assert windows and 'png' in v.to_members(windows[0][1]), windows\n"
-        "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]", proc.stdout
+    ) == []

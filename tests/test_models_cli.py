@@ -237,6 +237,20 @@ def test_jobs_take_a_model_by_alias_or_by_version(store, tmp_path):
     assert images[0] == images[1]
 
 
+def test_the_report_of_a_registered_prior_shows_its_registered_step(store, tmp_path):
+    """jobs/sample.py's report, rebuilt from the registry: the prior's numbers at the step it was
+    registered on (its best validation, step 20), not its last (30); its VQ-VAE's from v2."""
+    from pipeline.report import results_from_registry
+
+    settings = load_settings(write_config(tmp_path / "c.yaml", tmp_path / "w", tmp_path / "raw", data={"name": "demo"},
+                                          mlflow={"tracking_uri": store, "experiment": "demo"}))
+    results = results_from_registry(settings, "models:/prior-demo@champion")
+    assert results["stage2"]["version"] == "1"
+    assert results["stage2"]["metrics"] == {"val_nll_bits_per_code": 2.5, "val_bits_per_dim": 0.4, "step": 20}
+    assert results["stage1"]["version"] == "2" and results["stage1"]["metrics"]["val_mse"] == 0.25
+    assert results["codes"] == {} and results["shard"] == {}  # neither on this machine: left out of the page
+
+
 def test_readme_registry_commands_run(store, tmp_path):
     """The README's Registry block as written, its configs/demo.yaml pointed at the test store (so
     a demo's real registry is never touched)."""
