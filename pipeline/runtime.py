@@ -57,8 +57,16 @@ def init_ray(settings: Settings) -> None:
             lambda record: "does not have any available CPUs" not in record.getMessage())
 
 
+# What ray.init raises when the node it started did not come up in time. On a loaded machine its
+# raylet gives up on the dashboard agent after a fixed 15 s (the agent, a Python process, took
+# longer to import) and exits; ray.init then waits 30 s for it and raises this.
+NODE_TIMED_OUT = "timed out during startup"
+START_TRIES = 3
+
+
 def start_local(num_cpus: int | None, **kwargs):
-    """`ray.init` of a local instance whose own actors ask *its* State API.
+    """`ray.init` of a local instance whose own actors ask *its* State API; a start that timed out
+    on a loaded machine is cleaned up and tried again, up to START_TRIES times.
 
     Ray's actors (Train's placement-group cleaner polls the State API every second) look for "the"
     local instance unless told which: beside another instance on the machine they found two, could
@@ -69,11 +77,69 @@ def start_local(num_cpus: int | None, **kwargs):
 
     import ray
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    return ray.init(num_cpus=num_cpus, dashboard_port=port, **kwargs)
+    from pipeline.errors import UserError
+
+    for attempt in range(1, START_TRIES + 1):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        before = _children()
+        try:
+            return ray.init(num_cpus=num_cpus, dashboard_port=port, **kwargs)
+        except Exception as e:  # noqa: BLE001 - only a start that timed out is tried again
+            if NODE_TIMED_OUT not in str(e):
+                raise
+            ray.shutdown()
+            _stop(_children() - before)  # the half-started node's GCS, dashboard and monitors
+            if attempt == START_TRIES:
+                raise UserError(f"ray: a local instance did not start in {START_TRIES} tries (its raylet gave up "
+                                f"waiting for its agents: a machine too loaded?); see "
+                                f"{_session_logs()}/raylet.err") from None
+            print(f"ray: the local instance did not start in time (a loaded machine?); starting another "
+                  f"({attempt + 1}/{START_TRIES})", flush=True)
+
+
+def _children() -> set[int]:
+    """This process's child processes (Linux; elsewhere none are found, and a failed start's
+    processes stay until this process exits, as Ray's reaper then stops them)."""
+    me, found = str(os.getpid()), set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # the field after the state is the parent's pid
+            found.add(int(entry))
+    return found
+
+
+def _stop(pids: set[int]) -> None:
+    """SIGKILL these children and reap them (their own children die with them: Ray starts its
+    processes sharing their parent's fate)."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _session_logs() -> str:
+    return os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_latest", "logs")
 
 
 def _dashboard(context) -> str:

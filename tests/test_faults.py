@@ -290,15 +290,17 @@ def test_inputs_smaller_than_the_target_are_upsampled_with_a_note(tmp_path):
 
 def _run_until(cfg: Path, work: Path, sign: str, env: dict) -> None:
     """Start jobs/pipeline.py and SIGKILL it, whole process group, once `sign` exists under work."""
-    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "pipeline.py"), "--config", str(cfg)], cwd=REPO,
-                           env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    log = work / f"killed-{sign.split('/')[0]}.log"
+    with open(log, "w") as said:
+        job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "pipeline.py"), "--config", str(cfg)], cwd=REPO,
+                               env={**os.environ, **env}, stdout=said, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     deadline = time.time() + 400
     while not list(work.glob(sign)) and time.time() < deadline and job.poll() is None:
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    assert list(work.glob(sign)), f"the pipeline never got to {sign}"
+    assert list(work.glob(sign)), f"the pipeline never got to {sign}; it said:\n{log.read_text()[-3000:]}"
 
 
 @pytest.mark.slow

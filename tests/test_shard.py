@@ -164,14 +164,15 @@ def test_killed_run_is_detected_and_finished(tmp_path, demo_raw, sharded):
     # small shards: many tasks, so the kill lands mid-run
     args = [sys.executable, str(REPO / "jobs" / "shard.py"), "--config", str(cfg),
             "--set", "data.samples_per_shard=2"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = tmp_path / "killed.log"
+    with open(log, "w") as said:
+        proc = subprocess.Popen(args, cwd=REPO, stdout=said, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300  # a loaded 2-core machine starts Ray slowly
     while not list(out.glob("train/*.tar")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert list(out.glob("train/*.tar")), "the job never wrote a shard"
+    assert list(out.glob("train/*.tar")), f"the job never wrote a shard; it said:\n{log.read_text()[-3000:]}"
     assert not (out / "manifest.json").exists(), "killed too late: the run had finished"
     rerun = run_job("shard.py", "--config", str(cfg))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
