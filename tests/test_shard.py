@@ -17,7 +17,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from conftest import REPO, run_job, write_config
+from conftest import REPO, ray_address, run_job, write_config
 from pipeline.config import load_settings
 from pipeline.data.shard import shard_dataset
 from pipeline.modalities import image as modality
@@ -128,12 +128,12 @@ def _plant_bad_and_odd_files(root: Path) -> dict[str, str]:
             "tiny.png": "too small"}
 
 
-def test_bad_files_are_skipped_with_reasons_and_odd_modes_converted(tmp_path, demo_raw):
+def test_bad_files_are_skipped_with_reasons_and_odd_modes_converted(tmp_path, demo_raw, ray_local):
     root = tmp_path / "raw"
     shutil.copytree(demo_raw, root)
     bad = _plant_bad_and_odd_files(root)
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", root)
-    proc = run_job("shard.py", "--config", str(cfg))
+    proc = run_job("shard.py", "--config", str(cfg), env=ray_address(ray_local))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped 4" in proc.stdout
     out = tmp_path / "w" / "shards" / "t"
@@ -156,7 +156,7 @@ def test_bad_files_are_skipped_with_reasons_and_odd_modes_converted(tmp_path, de
     assert np.abs(gray - deep).max() <= 1  # 16-bit scaled down, not clipped at 255
 
 
-def test_killed_run_is_detected_and_finished(tmp_path, demo_raw, sharded):
+def test_killed_run_is_detected_and_finished(tmp_path, demo_raw, sharded, ray_local):
     """SIGKILL the job once its first shard exists; the re-run redoes it and matches a clean run."""
     _, clean, _ = sharded
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw)
@@ -166,7 +166,8 @@ def test_killed_run_is_detected_and_finished(tmp_path, demo_raw, sharded):
             "--set", "data.samples_per_shard=2"]
     log = tmp_path / "killed.log"
     with open(log, "w") as said:
-        proc = subprocess.Popen(args, cwd=REPO, stdout=said, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, cwd=REPO, stdout=said, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **ray_address(ray_local)})
     deadline = time.time() + 300  # a loaded 2-core machine starts Ray slowly
     while not list(out.glob("train/*.tar")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -174,7 +175,7 @@ def test_killed_run_is_detected_and_finished(tmp_path, demo_raw, sharded):
     proc.wait()
     assert list(out.glob("train/*.tar")), f"the job never wrote a shard; it said:\n{log.read_text()[-3000:]}"
     assert not (out / "manifest.json").exists(), "killed too late: the run had finished"
-    rerun = run_job("shard.py", "--config", str(cfg))
+    rerun = run_job("shard.py", "--config", str(cfg), env=ray_address(ray_local))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "unfinished" in rerun.stdout
     manifest = json.loads((out / "manifest.json").read_text())
