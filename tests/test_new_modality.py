@@ -24,11 +24,12 @@ def test_a_modality_defined_in_tests_runs_through_the_pipeline(tmp_path, ray_loc
     config = {
         "workdir": str(work),
         "data": {"name": "digits", "root": "{workdir}/raw", "modality": SPEC, "size": 16, "samples_per_shard": 100},
-        "ray": {"num_workers": 2},
-        "stage1": {"steps": 150, "batch_size": 32, "hidden": 32, "codebook_size": 16, "code_dim": 8,
+        # one Train worker with the batch of two (DDP: test_fit_vqvae.py): a process less per fit
+        "ray": {"num_workers": 1},
+        "stage1": {"steps": 150, "batch_size": 64, "hidden": 32, "codebook_size": 16, "code_dim": 8,
                    "num_res_blocks": 1, "lr": 2e-3, "ema": True, "dead_code_steps": 20, "checkpoint_every": 75,
                    "val_every": 75},
-        "stage2": {"steps": 150, "batch_size": 32, "hidden": 32, "num_layers": 4, "kernel_size": 3, "lr": 3e-3,
+        "stage2": {"steps": 150, "batch_size": 64, "hidden": 32, "num_layers": 4, "kernel_size": 3, "lr": 3e-3,
                    "checkpoint_every": 50, "val_every": 50},
         "sample": {"per_class": 5},
     }
