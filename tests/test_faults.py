@@ -158,6 +158,7 @@ def test_training_batches_from_unreadable_shards_raise_instead_of_spinning(tmp_p
 
 
 # ---- training faults: hangs and divergence end in one line ----------------------------------
+# (one Train worker: a failure on one of several DDP workers is test_fit_vqvae's killed worker)
 
 def _truncate_all(folder: Path) -> None:
     for tar in folder.glob("*.tar"):
@@ -169,7 +170,7 @@ def test_a_stage_whose_shards_yield_nothing_ends_in_one_line_and_a_failed_run(tm
                                                                              demo_shards):
     work = workdir_with_shards(tmp_path, demo_shards)
     _truncate_all(work / "shards" / "t" / "train")
-    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1)
+    cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1, ray={"num_workers": 1})
     line = one_line_error(run_job("stage1.py", "--config", str(cfg), timeout=600, env=ray_address(ray_local)))
     assert "no sample could be read" in line and str(work / "shards" / "t") in line
     client = MlflowClient(f"sqlite:///{work}/mlflow.db")
@@ -181,7 +182,8 @@ def test_a_stage_whose_shards_yield_nothing_ends_in_one_line_and_a_failed_run(tm
 def test_a_diverging_run_stops_in_one_line_and_registers_nothing(tmp_path, ray_local, demo_raw, demo_shards):
     work = workdir_with_shards(tmp_path, demo_shards)
     cfg = write_config(tmp_path / "c.yaml", work, demo_raw,
-                       stage1={**TINY_STAGE1, "lr": 1e30, "ema": False, "steps": 40, "max_failures": 0})
+                       stage1={**TINY_STAGE1, "lr": 1e30, "ema": False, "steps": 40, "max_failures": 0},
+                       ray={"num_workers": 1})
     line = one_line_error(run_job("stage1.py", "--config", str(cfg), timeout=600, env=ray_address(ray_local)))
     assert "training diverged: the loss is" in line and "at step" in line and "nothing registered" in line
     client = MlflowClient(f"sqlite:///{work}/mlflow.db")
