@@ -43,6 +43,10 @@ def main(settings, args) -> None:
             run = runs[0].info
             print(f"  latest pipeline run: {address}/#/experiments/{experiment.experiment_id}/runs/{run.run_id}"
                   f"  (its report: Artifacts tab, report-{settings.data.name}.html)", flush=True)
+    # MLflow 3's server also runs a job queue (huey consumers: GenAI evaluation jobs, trace
+    # roll-ups) in processes of their own; a UI over a pipeline's store needs none of it.
+    # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment turns it back on.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                               "--host", args.host, "--port", str(args.port)])
 
