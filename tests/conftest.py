@@ -59,7 +59,9 @@ def ray_local():
         # the address is not left to the jobs and Ray heads the tests start from this process.
         before = os.environ.get("RAY_API_SERVER_ADDRESS")
         try:
-            start_local(4, include_dashboard=True, logging_level="WARNING")
+            # Workers' output stays in the instance's log files, as the jobs keep it (runtime.init_ray):
+            # streamed here it interleaved Ray's lines with pytest's.
+            start_local(4, include_dashboard=True, logging_level="WARNING", log_to_driver=False)
         finally:
             if before is None:
                 os.environ.pop("RAY_API_SERVER_ADDRESS", None)
