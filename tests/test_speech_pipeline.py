@@ -85,17 +85,20 @@ def test_speech_runs_through_the_pipeline_then_converts_voices(tmp_path, ray_loc
     audio, rate = sf.read(wavs[0])
     assert rate == 8000 and len(audio) == 6 * 64  # round(0.05 s * 8000 / 64) codes
 
-    # convert: a val key to another speaker, and an outside WAV
+    # convert: a val key to another speaker, and an outside WAV (their first half second: the
+    # whole sentence is ~4 s of sample-by-sample generation)
     val_key = next(iter(sorted(_val_keys(work))))
-    proc = run_job("convert.py", "--config", str(cfg), "--source", val_key, "--speaker", "p904",
+    proc = run_job("convert.py", "--config", str(cfg), "--source", val_key, "--speaker", "p904", "--seconds", "0.5",
                    env=ray_address(ray_local))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = work / "conversions" / f"{val_key}-to-p904.wav"
     converted, rate = sf.read(out)
-    assert rate == 8000 and len(converted) > 0 and (work / "conversions" / f"{val_key}-to-p904.png").is_file()
+    assert rate == 8000 and len(converted) == 4000 // 64 * 64  # whole codes of 0.5 s at 8 kHz
+    assert (work / "conversions" / f"{val_key}-to-p904.png").is_file()
     wav = next((work / "raw" / "wav48" / "p902").glob("*.wav"))
-    proc = run_job("convert.py", "--config", str(cfg), "--source", str(wav), "--speaker", "p901")
+    proc = run_job("convert.py", "--config", str(cfg), "--source", str(wav), "--speaker", "p901", "--seconds", "0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(sf.read(work / "conversions" / f"{wav.stem}-to-p901.wav")[0]) == 4000 // 64 * 64
     bad = run_job("convert.py", "--config", str(cfg), "--source", val_key, "--speaker", "p999")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --speaker 'p999'")
 

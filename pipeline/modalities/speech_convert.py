@@ -278,7 +278,11 @@ def _speaker_id(settings: Settings, speaker: str) -> tuple[int, str]:
                     f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
 
 
-def convert(settings: Settings, source: str, speaker: str, out: str | None = None) -> str:
+def convert(settings: Settings, source: str, speaker: str, out: str | None = None,
+            seconds: float | None = None) -> str:
+    """Decode the codes of `source` (a val key or an audio file) with `speaker`'s id; write the WAV
+    and a spectrogram picture (source | conversion | the target's real voice), log both in MLflow.
+    `seconds`: only the source's first seconds (a quick listen: generation is sample by sample)."""
     import mlflow
     import torch
 
@@ -292,15 +296,19 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
     target, target_name = _speaker_id(settings, speaker)
     found, _, _ = _val_utterances(settings)  # the source's key and the target's real sentence
     key, x = _source(settings, source, found)
+    if seconds is not None:
+        if not seconds > 0:
+            raise UserError(f"--seconds {seconds}: give a positive number of seconds")
+        x = x[:int(seconds * settings.data.sample_rate)]
     info = tracking.resolve(settings.codes.model or settings.vqvae_champion)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = tracking.load_vqvae(f"models:/{info['name']}/{info['version']}", device)
     if len(x) < model.hop:
         raise UserError(f"--source {source}: {len(x)} samples, shorter than one code ({model.hop} samples)")
-    start = time.perf_counter()
+    started = time.perf_counter()
     (y,) = convert_batch(model, [x], [target], device, seed=settings.sample.seed,
                          temperature=settings.sample.temperature)
-    seconds = time.perf_counter() - start
+    took = time.perf_counter() - started
     folder = out or os.path.join(settings.workdir, "conversions")
     os.makedirs(folder, exist_ok=True)
     stem = os.path.join(folder, f"{key}-to-{target_name}")
@@ -312,10 +320,11 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
                         [f"{key} to {target_name}"], ["source", "conversion", f"{target_name} (another sentence)"])
     tags = {"stage": "convert", "vqvae_name": info["name"], "vqvae_version": info["version"]}
     with tracking.start_run(experiment_id, f"convert-{key}-to-{target_name}", tags=tags):
-        mlflow.log_params({"source": source, "speaker": target_name, "model": f"models:/{info['name']}/{info['version']}"})
-        mlflow.log_metric("seconds", seconds)
+        mlflow.log_params({"source": source, "speaker": target_name, "seconds": "all" if seconds is None else seconds,
+                           "model": f"models:/{info['name']}/{info['version']}"})
+        mlflow.log_metric("seconds", took)
         mlflow.log_artifact(f"{stem}.wav", "conversion")
         mlflow.log_artifact(f"{stem}.png", "conversion")
     print(f"convert: {key} in the voice of {target_name} -> {stem}.wav ({len(y) / settings.data.sample_rate:.1f} s "
-          f"in {seconds:.1f} s; spectrograms {stem}.png)", flush=True)
+          f"in {took:.1f} s; spectrograms {stem}.png)", flush=True)
     return f"{stem}.wav"
