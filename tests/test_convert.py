@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from pipeline.modalities.speech_convert import mcd
+from conftest import REPO
+from pipeline.config import load_settings
+from pipeline.errors import UserError
+from pipeline.modalities.speech_convert import convert, mcd
 
 RATE = 8000
 
@@ -32,3 +36,11 @@ def test_mcd_aligns_in_time_before_comparing():
     ab = np.concatenate([a, b])
     slow = np.concatenate([a, a[: len(a) // 2], b])  # the first sound held longer
     assert mcd(ab, slow, RATE) < 0.5 * mcd(ab, np.concatenate([b, a]), RATE)
+
+
+def test_a_conversion_of_no_seconds_is_refused_before_any_work(tmp_path):
+    settings = load_settings(REPO / "configs" / "demo-speech.yaml", [f"workdir={tmp_path}"])
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(UserError, match=r"^--seconds \S+: give a positive number of seconds$"):
+            convert(settings, "p901_001", "p902", seconds=bad)
+    assert not list(tmp_path.iterdir())  # no store, no shards read, nothing written

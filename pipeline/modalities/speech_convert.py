@@ -27,6 +27,7 @@ the model's MLflow run:
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -283,6 +284,8 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
     """Decode the codes of `source` (a val key or an audio file) with `speaker`'s id; write the WAV
     and a spectrogram picture (source | conversion | the target's real voice), log both in MLflow.
     `seconds`: only the source's first seconds (a quick listen: generation is sample by sample)."""
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):  # before any work
+        raise UserError(f"--seconds {seconds}: give a positive number of seconds")
     import mlflow
     import torch
 
@@ -297,8 +300,6 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
     found, _, _ = _val_utterances(settings)  # the source's key and the target's real sentence
     key, x = _source(settings, source, found)
     if seconds is not None:
-        if not seconds > 0:
-            raise UserError(f"--seconds {seconds}: give a positive number of seconds")
         x = x[:int(seconds * settings.data.sample_rate)]
     info = tracking.resolve(settings.codes.model or settings.vqvae_champion)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
