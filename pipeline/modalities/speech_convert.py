@@ -225,13 +225,13 @@ def evaluate_and_log(settings: Settings, model_uri: str, force: bool = False) ->
         return {k: v for k, v in run.data.metrics.items() if k.startswith(("conversion", "reference_mcd"))}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = tracking.load_vqvae(f"models:/{info['name']}/{info['version']}", device)
-    folder = tempfile.mkdtemp(prefix="convert-eval-")
-    metrics, files = evaluate(settings, model, device, folder)
-    with mlflow.start_run(run_id=info["run_id"]) as run:
-        mlflow.log_metrics(metrics)
-        for path in files:
-            mlflow.log_artifact(path, "conversions")
-        where = run.info.artifact_uri.removeprefix("file://")
+    with tempfile.TemporaryDirectory(prefix="convert-eval-") as folder:
+        metrics, files = evaluate(settings, model, device, folder)
+        with mlflow.start_run(run_id=info["run_id"]) as run:
+            mlflow.log_metrics(metrics)
+            for path in files:
+                mlflow.log_artifact(path, "conversions")
+            where = run.info.artifact_uri.removeprefix("file://")
     if files and "://" not in where:
         print(f"voice conversion: source | conversion | target speaker at {where}/conversions/"
               f"{os.path.basename(files[0])} (and WAVs beside it)", flush=True)

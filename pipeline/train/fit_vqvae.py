@@ -179,14 +179,15 @@ class VQVAETask(Task):
     def _log_pictures(self, mlf: RankZeroMlflow, step: int, shown: dict, hist, final: bool, model) -> None:
         if mlf.client is None or not shown:
             return
-        folder = tempfile.mkdtemp(prefix="stage1-art-")
         pairs = self._reconstruct(model, shown)
-        # first group: originals; second: their reconstructions
-        for path in self.modality.write([[a for a, _ in pairs], [b for _, b in pairs]],
-                                        os.path.join(folder, f"step_{step:07d}"), self.settings.data):
-            mlf.artifact(path, "reconstructions")
-        if final:
-            _log_usage(mlf, folder, hist)
+        # log_artifact copies (or uploads) before it returns, so the folder can go right after
+        with tempfile.TemporaryDirectory(prefix="stage1-art-") as folder:
+            # first group: originals; second: their reconstructions
+            for path in self.modality.write([[a for a, _ in pairs], [b for _, b in pairs]],
+                                            os.path.join(folder, f"step_{step:07d}"), self.settings.data):
+                mlf.artifact(path, "reconstructions")
+            if final:
+                _log_usage(mlf, folder, hist)
 
 
 def _log_usage(mlf: RankZeroMlflow, folder: str, hist) -> None:
