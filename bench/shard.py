@@ -2,9 +2,10 @@
 
     python bench/shard.py [--modality image speech video] [--repeats 3]
 
-For each modality, the demo's own data (made offline, as `make demo` makes it; images at 10x and
-speech at ~4.5x the demo's size, so that Ray's fixed costs per run stay small beside the work) and its demo config's `data:` section (configs/demo*.yaml; smaller shards, so that 2
-CPUs have enough tasks to share):
+For each modality, the demo's own data, made offline as `make demo` makes it (images at 10x and
+speech at ~4.5x the demo's size, so that Ray's fixed costs per run stay small beside the work), and
+its demo config's `data:` section (configs/demo*.yaml; smaller shards, so that 2 CPUs have enough
+tasks to share):
 
 - **one process, no Ray:** the same `write_shard` the Ray tasks run, called shard after shard in
   this process (for images also a plain Pillow loop doing decode + resize + PNG + tar, what a user
@@ -19,8 +20,8 @@ CPUs have enough tasks to share):
 The speed-up column is against the one-process `write_shard`; for images also against the Pillow
 loop, the baseline the figures in the README's table started from. First it prints what two
 CPU-bound processes at once get done on this machine beside one: on a VM whose two vCPUs share a
-busy host that is well under 2, and it bounds every 2-CPU figure (measured here: 1.3-2.0x from one
-minute to the next, so compare figures of one run).
+busy host that is well under 2, and it bounds every 2-CPU figure (on the 2-core VM of the README's
+table: 1.06x to 1.84x from one minute to the next, so compare figures of one run).
 """
 from __future__ import annotations
 
@@ -41,24 +42,25 @@ from pipeline.data import shard as sharding  # noqa: E402
 from pipeline.data.reader import SkipCounter, TrainStream, shard_urls  # noqa: E402
 
 CONFIGS = {"image": "demo.yaml", "speech": "demo-speech.yaml", "video": "demo-video.yaml"}
-# shards small enough that 2 CPUs share 15-25 tasks (the demos' shard sizes give 5-7 tasks here)
+# shards small enough that 2 CPUs share 18 tasks or more (the demos' shard sizes give 5-7 here)
 PER_SHARD = {"image": 500, "speech": 25, "video": 10}
 UNIT = {"image": "images", "speech": "utterances", "video": "clips"}
 
 
-def make_data(modality: str, root: Path, images_per_class: int, per_speaker: int) -> None:
-    if modality == "image":
+def make_data(settings, images_per_class: int, per_speaker: int) -> None:
+    """The demo's data at data.root: images and speech larger than the demo's (their demo makers
+    take sizes), any other modality as its `make_demo` makes it."""
+    root = settings.data.root
+    if settings.data.modality == "image":
         from pipeline.modalities.image_demo import make_demo_data
 
         make_demo_data(root, images_per_class, images_per_class // 5)
-    elif modality == "speech":
+    elif settings.data.modality == "speech":
         from pipeline.modalities.speech_demo import make_demo_corpus
 
         make_demo_corpus(root, per_speaker=per_speaker)
     else:
-        from pipeline.modalities.video_demo import make_demo_data
-
-        make_demo_data(root)
+        settings.modality.make_demo(settings.data)
 
 
 def pillow_loop(root: Path, out: Path, image_size: int, per_shard: int) -> int:
@@ -111,8 +113,9 @@ def one_process(settings, out: Path) -> tuple[int, float]:
     tasks = [t for s in sharding.SPLITS for t in sharding.plan_shards(listing.splits.get(s, []), s, data.samples_per_shard)]
     for split in sharding.SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
+    fields = data.model_dump()
     for task in tasks:
-        sharding.write_shard(task, data=data.model_dump(), out=str(out))
+        sharding.write_shard(task, data=fields, out=str(out))
     return sum(len(v) for v in listing.splits.values()), time.perf_counter() - start
 
 
@@ -134,12 +137,11 @@ def bench(modality: str, tmp: Path, a) -> None:
 
     import ray
 
-
-    root = tmp / modality / "raw"
-    make_data(modality, root, a.images_per_class, a.utterances_per_speaker)
-    overrides = [f"workdir={tmp / modality}", f"data.root={root}", f"data.samples_per_shard={PER_SHARD[modality]}",
-                 "data.make_demo=false"]
+    overrides = [f"workdir={tmp / modality}", f"data.root={tmp / modality / 'raw'}",
+                 f"data.samples_per_shard={PER_SHARD[modality]}", "data.make_demo=false"]
     settings = load_settings(REPO / "configs" / CONFIGS[modality], overrides)
+    make_data(settings, a.images_per_class, a.utterances_per_speaker)
+    root = Path(settings.data.root)
     unit = UNIT[modality]
 
     rows = []
@@ -156,7 +158,7 @@ def bench(modality: str, tmp: Path, a) -> None:
         best = max(best, n / seconds)
         shutil.rmtree(out)
     rows.append(("write_shard, 1 process, no Ray", best))
-    inputs = n
+    inputs, base = n, best  # the speed-up column's baseline
 
     for cpus in (1, 2):
         ray.init(num_cpus=cpus, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
@@ -182,7 +184,6 @@ def bench(modality: str, tmp: Path, a) -> None:
           f"{sum(len(v['shards']) for v in manifest['splits'].values())} shards "
           f"({settings.data.samples_per_shard} {unit} per shard; data section of configs/{CONFIGS[modality]})")
     print(f"{'':36s} {unit + '/s':>13s} {'speed-up':>9s}" + ("  vs Pillow loop" if modality == "image" else ""))
-    base = rows[-3][1]
     for name, r in rows:
         extra = f"  {r / rows[0][1]:13.2f}x" if modality == "image" else ""
         print(f"{name:36s} {r:13.1f} {r / base:8.2f}x{extra}")
