@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,16 +69,35 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def submit(client, seconds: float = 60, **job) -> str:
-    """submit_job, retried while the head's job agent is still starting ("No available agent")."""
+def retried(call, seconds: float = 60):
+    """`call()`, retried while the head's dashboard drops a connection under load or its job agent is
+    still starting ("No available agent")."""
+    import requests
+
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return client.submit_job(**job)
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
+            return call()
+        except (RuntimeError, requests.ConnectionError) as e:
+            transient = isinstance(e, requests.ConnectionError) or "No available agent" in str(e)
+            if not transient or time.monotonic() > deadline:
                 raise
             time.sleep(1)
+
+
+def submit(client, **job) -> str:
+    """submit_job under a fixed submission id, so that a retry after a POST whose answer was lost finds
+    the job it made rather than starting a second one."""
+    sid = f"test-{uuid.uuid4().hex[:12]}"
+
+    def once():
+        try:
+            return client.submit_job(submission_id=sid, **job)
+        except RuntimeError as e:
+            if "already exists" in str(e):  # the lost answer's job: it is ours
+                return sid
+            raise
+    return retried(once)
 
 
 @pytest.mark.slow
@@ -119,11 +139,12 @@ def test_jobs_submitted_to_a_real_head_log_to_a_real_mlflow_server(tmp_path, dem
             job = submit(client, entrypoint=f"python jobs/{script} --config {cfg}",
                          runtime_env={"working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": uri}})
             deadline = time.monotonic() + 400
-            while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+            while retried(lambda: client.get_job_status(job)) not in done:
                 assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
                 time.sleep(1)
-            logs = client.get_job_logs(job)
-            assert client.get_job_status(job) == JobStatus.SUCCEEDED, (script, logs[-3000:])
+            logs = retried(lambda: client.get_job_logs(job))
+            assert retried(lambda: client.get_job_status(job)) == JobStatus.SUCCEEDED, (script, logs[-3000:])
             # the job joined the head it was submitted to, never a local instance of its own
             assert re.search(rf"ray: joined the cluster at [0-9.]+:{gcs} \(4 CPU", logs), logs[-3000:]
             assert "started a local instance" not in logs
