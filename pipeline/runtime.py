@@ -32,10 +32,15 @@ def init_ray(settings: Settings) -> None:
         # A local instance has no node to lose: Ray Train's preemption watcher (one more process
         # per fit, ~5 s of every stage's start and stop on 2 cores) is off unless asked for.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        # Ray turns token authentication on for a new local instance and says so in a WARNING
-        # line at every start ("Set RAY_AUTH_MODE=disabled to opt out"): chosen explicitly, the
-        # same protection starts without the line. A user's own RAY_AUTH_MODE wins.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray turns token authentication on for a new local instance (good) and says so in a
+        # WARNING line at every stage's start ("Set RAY_AUTH_MODE=disabled to opt out"): kept out
+        # unless --verbose. (Setting RAY_AUTH_MODE=token here instead is too late: this process's
+        # Ray config is read at import, and its GCS client then refuses the token-mode GCS.)
+        if not verbose:
+            import logging
+
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+                lambda record: "Token authentication is enabled" not in record.getMessage())
         context = start_local(settings.ray.num_cpus, **kwargs)
         # Everything in this process that looks for "the" local instance (Ray Train's driver
         # side, the State API) finds this one: with another local instance on the machine they

@@ -103,11 +103,12 @@ def ray_address(ray) -> dict:
 
 
 def run_job(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a job as a user would: a child process, its own exit code and output."""
+    """Run a job as a user would: a child process, its own exit code and output. `env` adds to
+    the environment; a None value removes that variable."""
+    merged = {key: value for key, value in {**os.environ, **(env or {})}.items() if value is not None}
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / script), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
-        env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=merged,
     )
 
 

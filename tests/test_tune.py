@@ -74,9 +74,13 @@ def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, dem
                              "overrides": {"stage1.steps": 40, "stage1.val_every": 10,
                                            "stage1.checkpoint_every": 20, "ray.num_workers": 1}})
     assert ray_local.is_initialized()  # the other instance
-    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=600, env={"PIPELINE_PROGRESS_SECONDS": "1"})
+    # RAY_AUTH_MODE unset, as in a user's shell: Ray's default token auth, started without its
+    # WARNING line (and once without a GCS client that refused the token: every job failed)
+    user = {"PIPELINE_PROGRESS_SECONDS": "1", "RAY_AUTH_MODE": None}
+    proc = run_job("tune_codebook.py", "--config", str(cfg), timeout=600, env=user)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
+    assert "Token authentication" not in out + proc.stderr, (out + proc.stderr)[:2000]
     assert "started a local instance (4 CPU" in out and "4 trials" in out and "best val_mse" in out, out[-2000:]
     # the search's progress in lines of its own (not a terminal), Tune's status tables left out
     shown = [line for line in out.splitlines() if re.match(r"tune t: \d/4 trials", line)]
@@ -124,7 +128,7 @@ def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, dem
     assert model.vq.codebook_size == best["stage1.codebook_size"]
 
     # the same search again does nothing
-    again = run_job("tune_codebook.py", "--config", str(cfg), timeout=120)
+    again = run_job("tune_codebook.py", "--config", str(cfg), timeout=120, env=user)
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
 
 
