@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 from pipeline.config import load_settings
 from pipeline.errors import UserError
-from pipeline.modalities.speech_convert import convert, mcd
+from pipeline.modalities.speech_convert import convert, dtw_path, mcd
 
 RATE = 8000
 
@@ -36,6 +36,32 @@ def test_mcd_aligns_in_time_before_comparing():
     ab = np.concatenate([a, b])
     slow = np.concatenate([a, a[: len(a) // 2], b])  # the first sound held longer
     assert mcd(ab, slow, RATE) < 0.5 * mcd(ab, np.concatenate([b, a]), RATE)
+
+
+def test_dtw_takes_the_cheapest_monotone_path_and_prefers_the_diagonal_on_ties():
+    cost = np.array([[0, 5, 5, 5],
+                     [5, 0, 0, 5],
+                     [5, 5, 5, 0]], dtype=float)
+    assert dtw_path(cost).tolist() == [[0, 0], [1, 1], [1, 2], [2, 3]]
+    assert dtw_path(np.zeros((3, 3))).tolist() == [[0, 0], [1, 1], [2, 2]]  # a tie: the diagonal
+    assert dtw_path(np.zeros((1, 3))).tolist() == [[0, 0], [0, 1], [0, 2]]
+    # against exhaustive search on small random matrices: no monotone path is cheaper
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c = rng.random((4, 5))
+        path = dtw_path(c)
+        assert path[0].tolist() == [0, 0] and path[-1].tolist() == [3, 4]
+        assert all(tuple(b - a) in {(1, 1), (0, 1), (1, 0)} for a, b in zip(path[:-1], path[1:]))
+        assert c[path[:, 0], path[:, 1]].sum() == pytest.approx(_cheapest(c))
+
+
+def _cheapest(c: np.ndarray) -> float:
+    best = np.full(c.shape, np.inf)
+    for i in range(c.shape[0]):
+        for j in range(c.shape[1]):
+            before = [best[i - di, j - dj] for di, dj in ((1, 1), (0, 1), (1, 0)) if i - di >= 0 and j - dj >= 0]
+            best[i, j] = c[i, j] + (min(before) if before else 0.0)
+    return best[-1, -1]
 
 
 def test_a_conversion_of_no_seconds_is_refused_before_any_work(tmp_path):

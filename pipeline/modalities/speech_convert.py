@@ -68,12 +68,30 @@ def mcd(a: np.ndarray, b: np.ndarray, rate: int) -> float:
     aligned frames of sqrt(2 * sum_d (c_d - c'_d)^2), c as from mel_cepstrum (c0, the gain, left
     out): the textbook (10 / ln 10) sqrt(2 sum (c_d - c'_d)^2) of natural-log cepstra, the factor
     being inside c. Different speakers reading different sentences score about 10-15 dB."""
-    import librosa
-
     ca, cb = mel_cepstrum(a, rate), mel_cepstrum(b, rate)
     cost = np.sqrt(2.0 * ((ca[:, None, :] - cb[None, :, :]) ** 2).sum(-1))
-    _, path = librosa.sequence.dtw(C=cost)
+    path = dtw_path(cost)
     return float(cost[path[:, 0], path[:, 1]].mean())
+
+
+def dtw_path(cost: np.ndarray) -> np.ndarray:
+    """The (k, 2) index pairs of the cheapest monotone path from cost[0, 0] to cost[-1, -1] with
+    steps (1, 1), (0, 1) and (1, 0), each cell's cost added once; ties go to the diagonal, then
+    (0, 1). The same path as librosa.sequence.dtw's defaults, without its numba kernel, whose
+    compilation took 5-50 s the first time a process scored a conversion. The accumulated cost is
+    filled one anti-diagonal at a time (each cell needs only the two diagonals before it)."""
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf)  # acc[i + 1, j + 1]: the cheapest path's cost to (i, j)
+    acc[0, 0] = 0.0
+    for k in range(n + m - 1):
+        i = np.arange(max(0, k - m + 1), min(k, n - 1) + 1)
+        j = k - i
+        acc[i + 1, j + 1] = cost[i, j] + np.minimum(np.minimum(acc[i, j], acc[i, j + 1]), acc[i + 1, j])
+    i, j, path = n - 1, m - 1, [(n - 1, m - 1)]
+    while i or j:  # back from the end, each step to the cheapest predecessor (inf off the matrix)
+        i, j = min(((i - 1, j - 1), (i, j - 1), (i - 1, j)), key=lambda s: acc[s[0] + 1, s[1] + 1])
+        path.append((i, j))
+    return np.array(path[::-1])
 
 
 class SpeakerEncoder:
