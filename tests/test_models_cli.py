@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -89,7 +92,31 @@ def store(built, tmp_path) -> str:
 
 
 def models(*args: str, env: dict | None = None):
+    """jobs/models.py as its own process: what a user runs, exit code and streams included."""
     return run_job("models.py", *args, timeout=60, env=env)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """jobs/models.py's main run in this process (argv, environment, exit code and streams as the
+    process would have them): each run as a process of its own costs a Python start that imports
+    MLflow, ~8 s on 2 loaded cores. `models` above runs the real process where that is the subject."""
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "argv", ["jobs/models.py", *args])
+        capsys.readouterr()
+        before = mlflow.get_tracking_uri()
+        try:
+            runpy.run_path(str(REPO / "jobs" / "models.py"), run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            mlflow.set_tracking_uri(before)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["jobs/models.py", *args], code, out, err)
+    return run
 
 
 def aliases(name: str) -> dict[str, str]:
@@ -121,8 +148,8 @@ def test_list_shows_versions_aliases_metrics_and_lineage(store):
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d$", v2)
 
 
-def test_list_of_one_model_as_json(store):
-    proc = models("list", "prior-demo", "--json", "--tracking-uri", store)
+def test_list_of_one_model_as_json(store, cli):
+    proc = cli("list", "prior-demo", "--json", "--tracking-uri", store)
     assert proc.returncode == 0, proc.stderr
     [row] = json.loads(proc.stdout)
     assert (row["name"], row["version"], row["aliases"], row["step"]) == ("prior-demo", "1", ["champion"], 20)
@@ -132,8 +159,8 @@ def test_list_of_one_model_as_json(store):
     assert row["run_id"] == MlflowClient().get_model_version("prior-demo", "1").run_id
 
 
-def test_show_prints_tags_config_and_run_metrics(store):
-    proc = models("show", "models:/vqvae-demo@champion", "--tracking-uri", store)
+def test_show_prints_tags_config_and_run_metrics(store, cli):
+    proc = cli("show", "models:/vqvae-demo@champion", "--tracking-uri", store)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     run_id = MlflowClient().get_model_version("vqvae-demo", "2").run_id
@@ -156,9 +183,9 @@ def test_show_takes_every_uri_form_and_a_bare_name(store):
     assert prior["config"]["grid_shape"] == [4, 4]
 
 
-def test_promote_moves_the_alias_and_the_champion_rule_follows_it(store, tmp_path):
+def test_promote_moves_the_alias_and_the_champion_rule_follows_it(store, tmp_path, cli):
     config = write_config(tmp_path / "c.yaml", tmp_path / "w", tmp_path / "raw", mlflow={"tracking_uri": store})
-    proc = models("promote", "vqvae-demo", "1", "--config", str(config))  # --alias defaults to champion
+    proc = cli("promote", "vqvae-demo", "1", "--config", str(config))  # --alias defaults to champion
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "vqvae-demo@champion: v2 (val_mse=0.25) -> v1 (val_mse=0.5)"
     assert aliases("vqvae-demo") == {"champion": "1"}
@@ -178,10 +205,10 @@ def test_promote_moves_the_alias_and_the_champion_rule_follows_it(store, tmp_pat
     assert aliases("vqvae-demo") == {"champion": "4", "staging": "4"}
 
 
-def test_unknown_model_or_version_is_one_line_and_exit_2(store):
-    assert one_line_error(models("promote", "vqvae-demo", "9", "--tracking-uri", store)) == \
+def test_unknown_model_or_version_is_one_line_and_exit_2(store, cli):
+    assert one_line_error(cli("promote", "vqvae-demo", "9", "--tracking-uri", store)) == \
         "error: model models:/vqvae-demo/9 does not exist"
-    assert one_line_error(models("show", "models:/nope@champion", "--tracking-uri", store)) == \
+    assert one_line_error(cli("show", "models:/nope@champion", "--tracking-uri", store)) == \
         "error: model models:/nope@champion does not exist"
     for call, message in [(lambda: registry.list_versions("nope"), "registered model 'nope' does not exist"),
                           (lambda: registry.show("models:/vqvae-demo@nope"), "models:/vqvae-demo@nope"),
@@ -251,7 +278,7 @@ def test_the_report_of_a_registered_prior_shows_its_registered_step(store, tmp_p
     assert results["codes"] == {} and results["shard"] == {}  # neither on this machine: left out of the page
 
 
-def test_readme_registry_commands_run(store, tmp_path):
+def test_readme_registry_commands_run(store, tmp_path, cli):
     """The README's Registry block as written, its configs/demo.yaml pointed at the test store (so
     a demo's real registry is never touched)."""
     blocks = [b for b in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
@@ -269,7 +296,7 @@ def test_readme_registry_commands_run(store, tmp_path):
     for command in commands:
         args = command.split("#")[0].replace("configs/demo.yaml", str(config)).split()
         assert args[:2] == [".venv/bin/python", "jobs/models.py"], command
-        proc = models(*args[2:])
+        proc = cli(*args[2:])
         assert proc.returncode == 0, (command, proc.stderr)
         for text in expected[args[2]]:
             assert text in proc.stdout, (command, text, proc.stdout)
