@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-speech demo-video test install clean bench ui browser
+.PHONY: demo demo-speech demo-video test test-all install clean bench ui browser
 
 $(VENV)/.installed: pyproject.toml
 	@# The speech demo synthesizes its voices with espeak-ng, a system package: installed here
@@ -39,7 +39,15 @@ browser:
 		(apt-get install -y -qq chromium chromium-driver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)); } || \
 		echo "note: the MLflow UI test needs Chromium: sudo apt-get install chromium chromium-driver"
 
+# make test: every test but the whole-scenario ones (marked e2e) and the GPU ones, ~10 minutes on
+# 2 cores; what CI runs. make test-all adds the e2e scenarios (each modality's pipeline job, the
+# README's commands with the MLflow UI in a browser, a real Ray head and MLflow server, Tune
+# searches, pipelines killed and run again): ~35 minutes on 2 cores, most of it Python processes
+# starting (every Ray Train worker and job imports torch, Ray and MLflow).
 test: install browser
+	$(PY) -m pytest -n 2 --dist worksteal -m "not gpu and not e2e" --durations=20
+
+test-all: install browser
 	$(PY) -m pytest -n 2 --dist worksteal -m "not gpu" --durations=20
 
 # The demo's MLflow store in the MLflow UI on http://127.0.0.1:5000 (UI_PORT=... to change it).

@@ -195,6 +195,7 @@ def test_a_diverging_run_stops_in_one_line_and_registers_nothing(tmp_path, ray_l
 # ---- stale outputs: every stage output is reused only when made from exactly this -----------
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_outputs_are_keyed_by_content_across_a_lost_store_and_resharding(tmp_path, ray_local, demo_raw, demo_shards):
     from pipeline.codes import dump_codes
     from pipeline.data.shard import shard_dataset
@@ -306,6 +307,7 @@ def _run_until(cfg: Path, work: Path, sign: str, env: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_pipeline_killed_in_codes_then_in_stage_2_finishes_when_run_again(tmp_path, ray_local, demo_raw,
                                                                             demo_shards):
     work = workdir_with_shards(tmp_path, demo_shards)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import ray_address, run_job
 
-pytestmark = pytest.mark.slow  # the jobs join the session's Ray instance
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # the jobs join the session's Ray instance
 
 SPEC = "digits_modality:MODALITY"  # conftest puts tests/ on PYTHONPATH, for the jobs and Ray workers
 

@@ -44,6 +44,7 @@ def test_readme_starts_with_the_two_commands():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_readme_commands_run_every_stage_with_lineage_a_report_and_the_mlflow_ui_shows_it(tmp_path, ray_local):
     """The README's stage commands and its Python snippet, as written (a temporary workdir, a tiny
     model); then what they made: the lineage prior -> codes -> VQ-VAE version -> shards, the

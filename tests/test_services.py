@@ -101,6 +101,7 @@ def submit(client, **job) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_jobs_submitted_to_a_real_head_log_to_a_real_mlflow_server(tmp_path, demo_raw, demo_shards):
     """The cluster path in one: stage 1 and codes go through `ray job submit` to a `ray start --head`,
     and their Ray workers log over HTTP to an `mlflow server` that proxies the artifacts."""

@@ -59,6 +59,7 @@ def test_an_override_set_on_the_command_line_changes_one_key_of_every_trial(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, demo_raw, demo_shards):
     work = workdir_with_shards(tmp_path, demo_shards)
     # The job starts a local Ray instance of its own (4 logical CPUs) beside the session's, as a
@@ -142,6 +143,7 @@ def _checkpointed_step(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_search_resumes_its_trials_from_their_checkpoints(tmp_path, ray_local, demo_raw, demo_shards):
     from pipeline.tuning import search_name
 

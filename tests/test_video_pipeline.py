@@ -15,7 +15,7 @@ import yaml
 
 from conftest import ray_address, run_job
 
-pytestmark = pytest.mark.slow  # the jobs join the session's Ray instance
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # the jobs join the session's Ray instance
 
 
 def test_video_runs_through_the_pipeline_job_with_a_report(tmp_path, ray_local):
