@@ -134,3 +134,10 @@ def workdir_with_shards(tmp_path: Path, demo_shards: Path) -> Path:
     work = tmp_path / "w"
     shutil.copytree(demo_shards, work / "shards" / "t")
     return work
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that start Ray first, each module's in its order: the two pytest-xdist workers
+    then end on short tests they share out, rather than one of them idling through the last long
+    one. Each module's tests stay together, so a module-scoped fixture is built once."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort

@@ -117,6 +117,7 @@ def _kill_a_worker_after_a_checkpoint(run_dir: Path, killed: list, address: str)
         killed.append(pid)
 
 
+@pytest.mark.e2e  # a second worker group started after the kill: make test-all
 def test_killed_worker_resumes_from_last_checkpoint(tmp_path, ray_local, demo_raw, demo_shards):
     settings = stage1_settings(tmp_path, demo_raw, demo_shards, steps=200, checkpoint_every=20,
                                val_every=100, seed=3)
