@@ -32,19 +32,21 @@ demo-video: install
 # The GPU tests (tests/test_gpu.py) run with  pytest -m gpu  on a machine with one.
 # Two test processes share the 2 cores (each test mostly waits on Ray and its jobs), each with a
 # local Ray instance of its own (pipeline.runtime.start_local keeps their workers apart).
-# The MLflow UI test drives Debian's Chromium and ChromeDriver (no browser download at run time):
-# installed here when missing and this is root (CI); otherwise that test fails and says how.
+# The MLflow UI test (an e2e test: make test-all) drives Debian's Chromium and ChromeDriver (no
+# browser download at run time): installed here when missing and this is root; otherwise that test
+# fails and says how.
 browser:
 	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get install -y -qq chromium chromium-driver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)); } || \
 		echo "note: the MLflow UI test needs Chromium: sudo apt-get install chromium chromium-driver"
 
-# make test: every test but the whole-scenario ones (marked e2e) and the GPU ones, ~10 minutes on
-# 2 cores; what CI runs. make test-all adds the e2e scenarios (each modality's pipeline job, the
-# README's commands with the MLflow UI in a browser, a real Ray head and MLflow server, Tune
-# searches, pipelines killed and run again): ~35 minutes on 2 cores, most of it Python processes
+# make test: every test but the whole-scenario ones (marked e2e) and the GPU ones, ~11 minutes on
+# 2 cores with the install; what CI runs (no test of it drives a browser, so it installs none).
+# make test-all adds the e2e scenarios (each modality's pipeline job, the README's commands with
+# the MLflow UI in a browser, a real Ray head and MLflow server, Tune searches, a Train worker
+# killed, pipelines killed and run again): ~35 minutes on 2 cores, most of it Python processes
 # starting (every Ray Train worker and job imports torch, Ray and MLflow).
-test: install browser
+test: install
 	$(PY) -m pytest -n 2 --dist worksteal -m "not gpu and not e2e" --durations=20
 
 test-all: install browser

@@ -111,7 +111,7 @@ def cli(capsys, monkeypatch):
             runpy.run_path(str(REPO / "jobs" / "models.py"), run_name="__main__")
             code = 0
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1  # as the interpreter maps it
         finally:
             mlflow.set_tracking_uri(before)
         out, err = capsys.readouterr()
