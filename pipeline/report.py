@@ -6,8 +6,9 @@ shows HTML artifacts). jobs/sample.py writes the same page for a person who ran 
 one, from what the registry records of the prior's lineage (`results_from_registry`). Every
 picture, sound and video is embedded (data: URIs), so the page opens anywhere, from the file or
 from MLflow. At the top the lineage: shards -> VQ-VAE version -> codes
--> prior version; then the metrics beside the uniform prior's and the paper's reference numbers,
-the reconstructions of the last validation, the codebook usage, and the samples.
+-> prior version; then the metrics beside the uniform prior's and the paper's reference numbers
+(with the sample job's own scores of its samples, e.g. video's PSNR under true and shuffled
+actions), the reconstructions of the last validation, the codebook usage, and the samples.
 """
 from __future__ import annotations
 
@@ -131,7 +132,24 @@ def metric_rows(settings: Settings, results: dict) -> list[tuple[str, str, objec
         elif key == "val_bits_per_dim":
             uniform = (stage1.get("metrics") or {}).get("val_bits_per_dim")  # stage 1 scores with a uniform prior
         rows.append(("stage 2 (prior)", key, value, uniform, references.get(key, "")))
+    for key, value in sorted((results.get("sample_metrics") or {}).items()):
+        rows.append(("sample", key, value, None, references.get(key, "")))
     return rows
+
+
+def sample_metrics(client, settings: Settings, stage2: dict) -> dict:
+    """The metrics of the newest finished sample run of this prior version (the modality's own
+    scores of its samples, e.g. video's PSNR under true and shuffled actions), without the
+    job's wall time; {} when none ran."""
+    experiment = client.get_experiment_by_name(settings.experiment)
+    if experiment is None or not stage2.get("name"):
+        return {}
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.stage = 'sample' and tags.prior_name = '{stage2['name']}' and "
+        f"tags.prior_version = '{stage2['version']}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return {k: v for k, v in runs[0].data.metrics.items() if k != "seconds"} if runs else {}
 
 
 def _registered(client, info: dict) -> dict:
@@ -201,6 +219,8 @@ def write_report(settings: Settings, results: dict, run_id: str | None = None) -
         lineage.append(f"prior <code>models:/{stage2['name']}/{stage2['version']}</code>")
     parts.append("<p class=lineage>" + " &rarr; ".join(lineage) + "</p>")
 
+    if stage2 and "sample_metrics" not in results:
+        results = {**results, "sample_metrics": sample_metrics(client, settings, stage2)}
     rows = metric_rows(settings, results)
     if rows:
         body = "".join(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(key)}</td><td>{_fmt(ours)}</td>"

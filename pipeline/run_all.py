@@ -75,7 +75,7 @@ def print_where(settings: Settings, results: dict) -> None:
     if stage2:
         print(f"  prior:           models:/{stage2['name']}/{stage2['version']}")
     if results.get("sample"):
-        print(f"  samples:         {results['sample']}  (a group per class)")
+        print(f"  samples:         {results['sample']}  (the main file; the rest beside it)")
     print(f"  report:          {results['report']}  (open it in a browser; also on the pipeline's MLflow run)")
     if settings.tracking_uri.startswith("sqlite:"):
         print(f"  see it all:      mlflow ui --backend-store-uri {settings.tracking_uri}")

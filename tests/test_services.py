@@ -1,8 +1,9 @@
 """The cluster path on real services started here on 127.0.0.1 and stopped after: a Ray head
-(`ray start --head`) taking stage 1 and codes through `ray job submit`'s API, and an `mlflow server`
-that they log to from Ray workers."""
+(`ray start --head`) taking stage 1 and codes (and a video shard job) through `ray job submit`'s
+API, and an `mlflow server` that they log to from Ray workers."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, TINY_STAGE1, run_job, workdir_with_shards, write_config
@@ -100,13 +102,27 @@ def submit(client, **job) -> str:
     return retried(once)
 
 
+def wait_done(client, job: str, seconds: float = 400) -> str:
+    """Wait for a submitted job to end; it must have succeeded. -> its logs."""
+    from ray.job_submission import JobStatus
+
+    deadline = time.monotonic() + seconds
+    done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    while retried(lambda: client.get_job_status(job)) not in done:
+        assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
+        time.sleep(1)
+    logs = retried(lambda: client.get_job_logs(job))
+    assert retried(lambda: client.get_job_status(job)) == JobStatus.SUCCEEDED, (job, logs[-3000:])
+    return logs
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_jobs_submitted_to_a_real_head_log_to_a_real_mlflow_server(tmp_path, demo_raw, demo_shards):
     """The cluster path in one: stage 1 and codes go through `ray job submit` to a `ray start --head`,
     and their Ray workers log over HTTP to an `mlflow server` that proxies the artifacts."""
     import torch
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
     from safetensors.torch import load_file
 
     from pipeline import tracking
@@ -139,17 +155,27 @@ def test_jobs_submitted_to_a_real_head_log_to_a_real_mlflow_server(tmp_path, dem
             # the server's address reaches the job and its Ray workers as a cluster's nodes get it
             job = submit(client, entrypoint=f"python jobs/{script} --config {cfg}",
                          runtime_env={"working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": uri}})
-            deadline = time.monotonic() + 400
-            done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-            while retried(lambda: client.get_job_status(job)) not in done:
-                assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
-                time.sleep(1)
-            logs = retried(lambda: client.get_job_logs(job))
-            assert retried(lambda: client.get_job_status(job)) == JobStatus.SUCCEEDED, (script, logs[-3000:])
+            logs = wait_done(client, job)
             # the job joined the head it was submitted to, never a local instance of its own
             assert re.search(rf"ray: joined the cluster at [0-9.]+:{gcs} \(4 CPU", logs), logs[-3000:]
             assert "started a local instance" not in logs
         assert not (work / "mlflow.db").exists()  # nothing went to the local default store
+
+        # a video job goes the same way: ViZDoom clips with their actions, sharded on the head
+        from pipeline.modalities.video_demo import make_demo_data
+
+        make_demo_data(tmp_path / "clips", train_clips=3, val_clips=1, frames=8, size=16, workers=1)
+        video_cfg = tmp_path / "video.yaml"
+        video_cfg.write_text(yaml.safe_dump({
+            "workdir": str(tmp_path / "vw"), "data": {"name": "doom", "modality": "video", "root": str(tmp_path / "clips"),
+                                                      "frame_size": 16, "frames": 4, "window_stride": 4}}))
+        job = submit(client, entrypoint=f"python jobs/shard.py --config {video_cfg}",
+                     runtime_env={"working_dir": str(REPO)})
+        logs = wait_done(client, job)
+        assert re.search(rf"ray: joined the cluster at [0-9.]+:{gcs} \(4 CPU", logs), logs[-3000:]
+        manifest = json.loads((tmp_path / "vw" / "shards" / "doom" / "manifest.json").read_text())
+        assert manifest["splits"]["train"]["samples"] == 3 * 2 and manifest["splits"]["val"]["samples"] == 2
+        assert manifest["cond"]["actions"]["names"] == ["forward", "backward", "turn_left", "turn_right"]
 
         mlflow_client = MlflowClient(uri)
         exp = mlflow_client.get_experiment_by_name("t")

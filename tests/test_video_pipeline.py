@@ -11,6 +11,7 @@ import re
 
 import av
 import pytest
+import torch
 import yaml
 
 from conftest import ray_address, run_job
@@ -80,8 +81,13 @@ def test_video_runs_through_the_pipeline_job_with_a_report(tmp_path, ray_local):
     lines = proc.stdout.strip().splitlines()
     assert any(line.endswith("samples-1.gif") for line in lines), proc.stdout[-2000:]
     scores = {line.split()[2]: float(line.split()[-1]) for line in lines if " = " in line}
-    assert {"sample_psnr_true_actions", "sample_psnr_shuffled_actions", "sample_psnr_reconstruction"} <= set(scores)
-    assert all(5 < v < 60 for k, v in scores.items() if "psnr" in k)
+    assert {"sample_psnr_true_actions", "sample_psnr_shuffled_actions", "sample_psnr_reconstruction",
+            "sample_psnr_action_gap", "sample_psnr_action_gap_stderr", "sample_true_actions_better_fraction"} <= set(scores)
+    assert all(5 < scores[f"sample_psnr_{k}"] < 60 for k in ("true_actions", "shuffled_actions", "reconstruction"))
+    # the window-by-window gap's mean is the difference of the means (printed to 4 digits)
+    assert scores["sample_psnr_action_gap"] == pytest.approx(
+        scores["sample_psnr_true_actions"] - scores["sample_psnr_shuffled_actions"], abs=0.02)
+    assert scores["sample_psnr_action_gap_stderr"] > 0 and 0 <= scores["sample_true_actions_better_fraction"] <= 1
     for name in ("samples-1.gif", "samples-1.mp4", "samples-1.png", "samples-1-counterfactual.png",
                  "samples-1-counterfactual.gif"):
         assert (work / "samples" / name).stat().st_size > 0, name
@@ -95,6 +101,23 @@ def test_video_runs_through_the_pipeline_job_with_a_report(tmp_path, ray_local):
     with av.open(io.BytesIO(base64.b64decode(videos[-1]))) as clip:
         assert sum(1 for _ in clip.decode(video=0)) == 4
     assert "report-doom.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # with the sample job's scores in its metrics table
+    gap = re.search(r"<td>sample</td><td>sample_psnr_action_gap</td><td>(-?[0-9.e-]+)</td>", page)
+    assert gap and float(gap.group(1)) == pytest.approx(scores["sample_psnr_action_gap"], abs=1e-3), page[:3000]
 
     models = run_job("models.py", "list", "--config", str(cfg))
     assert models.returncode == 0 and "vqvae-doom" in models.stdout and "prior-doom" in models.stdout, models.stderr
+
+    # Ray Tune's codebook search runs on video as on images: one trial of K=16 on the same shards,
+    # its model registered as the VQ-VAE's v2, scored by val_mse, with the config's video model
+    tune = run_job("tune_codebook.py", "--config", str(cfg), "--set", 'tune.space={"stage1.codebook_size": [16]}',
+                   "--set", 'tune.overrides={"stage1.steps": 20, "stage1.val_every": 10, "stage1.checkpoint_every": 10}',
+                   "--set", "tune.grace_period=10", timeout=600, env=ray_address(ray_local))
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    assert "tune doom: 1/1 trials (100%)" in tune.stdout and "best val_mse" in tune.stdout, tune.stdout[-2000:]
+    tuned = tracking.resolve("models:/vqvae-doom/2")
+    assert tuned["tags"].get("tune_trial"), tuned["tags"]
+    model = tracking.load_vqvae("models:/vqvae-doom/2")
+    assert model.vq.codebook_size == 16
+    clip = torch.rand(1, 3, 4, 16, 16) - 0.5
+    assert model.encode(clip).shape == (1, 2, 4, 4)  # the config's temporal halving, 16x16 -> 4x4

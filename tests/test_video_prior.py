@@ -210,3 +210,24 @@ def test_config_round_trip():
     codes = torch.randint(0, K, (2, *prior.latent_shape))
     assert torch.equal(prior.logits(codes, cond), clone.logits(codes, cond))
     assert VideoPrior.role == "prior"
+
+
+def test_sample_scores_are_per_frame_psnr_averaged_and_the_action_gap_is_paired():
+    """The sample job's scores: a window's PSNR is the mean of its frames' PSNRs (20 and 40 dB
+    give 30, not the ~23 of the pooled error), generated pixels are clamped to the image range
+    first; the action gap is taken window by window, with its standard error and win fraction."""
+    from pipeline.modalities.video_sampling import paired_gap, window_psnr
+
+    real = torch.zeros(2, 3, 2, 4, 4)
+    made = real.clone()
+    made[0, :, 0] = 0.1  # frame 0: mse 0.01 -> 20 dB
+    made[0, :, 1] = 0.01  # frame 1: mse 1e-4 -> 40 dB
+    made[1] = 0.6  # beyond the range: clamped to 0.5 -> mse 0.25 -> 6.02 dB
+    assert window_psnr(made, real).tolist() == pytest.approx([30.0, 10 * math.log10(4)], abs=1e-4)
+
+    true = torch.tensor([20.0, 21.0, 22.0, 23.0])
+    shuffled = torch.tensor([19.0, 21.5, 20.0, 22.0])  # gaps 1, -0.5, 2, 1
+    scores = paired_gap(true, shuffled)
+    assert scores["sample_psnr_action_gap"] == pytest.approx(0.875)
+    assert scores["sample_psnr_action_gap_stderr"] == pytest.approx(math.sqrt(3.1875 / 3) / 2)
+    assert scores["sample_true_actions_better_fraction"] == pytest.approx(0.75)
