@@ -40,8 +40,9 @@ def flat_logits(prior, codes, cond):
         return prior.logits(codes, cond).flatten(2).transpose(1, 2)
 
 
-def test_causal_over_the_whole_window():
-    prior = conditioned()
+@pytest.mark.parametrize("action_shift", [0, 3])
+def test_causal_over_the_whole_window(action_shift):
+    prior = conditioned(action_shift=action_shift)
     cond = cond_for(prior)
     codes = torch.randint(0, K, (2, *prior.latent_shape), generator=torch.Generator().manual_seed(2))
     base = flat_logits(prior, codes, cond)
@@ -56,11 +57,12 @@ def test_causal_over_the_whole_window():
             assert diff[j + 1:].max().item() > 1e-4, f"position {j} reaches no later position"
 
 
-@pytest.mark.parametrize("previous_frame", [True, False])
-def test_gradients_reach_only_earlier_codes_over_the_whole_window(previous_frame):
+@pytest.mark.parametrize("previous_frame,action_shift", [(True, 0), (False, 0), (True, 3)])
+def test_gradients_reach_only_earlier_codes_over_the_whole_window(previous_frame, action_shift):
     """For every position i, the gradient of its logits reaches the embeddings of the codes
-    strictly before i (through the previous code and the previous step's 3x3 conv) and no other."""
-    prior = conditioned(previous_frame=previous_frame)
+    strictly before i (through the previous code, the previous step's 3x3 conv and the action
+    shift) and no other."""
+    prior = conditioned(previous_frame=previous_frame, action_shift=action_shift)
     codes = torch.randint(0, K, (1, *prior.latent_shape), generator=torch.Generator().manual_seed(3))
     n = codes[0].numel()
     for i in range(n):
@@ -88,9 +90,12 @@ def test_gradients_reach_only_earlier_codes_over_the_whole_window(previous_frame
             assert reach[i - 1] > 0, i  # the code just before always reaches it
 
 
-@pytest.mark.parametrize("frames_per_step", [1, 2])
-def test_action_j_drives_the_step_holding_frame_j_plus_1(frames_per_step):
-    prior = conditioned(frames_per_step)
+@pytest.mark.parametrize("frames_per_step,action_shift", [(1, 0), (2, 0), (2, 3)])
+def test_action_j_drives_the_step_holding_frame_j_plus_1(frames_per_step, action_shift):
+    prior = conditioned(frames_per_step, action_shift=action_shift)
+    if action_shift:  # the action shift alone must carry each action to the step it drives
+        with torch.no_grad():
+            prior.action_embedding.weight.zero_()
     cond = cond_for(prior)
     codes = torch.randint(0, K, (2, *prior.latent_shape), generator=torch.Generator().manual_seed(3))
     base = prior.logits(codes, cond).detach()
@@ -101,8 +106,8 @@ def test_action_j_drives_the_step_holding_frame_j_plus_1(frames_per_step):
         diff = (prior.logits(codes, {**cond, "actions": acts}).detach() - base).abs()
         per_step = diff.amax(dim=(0, 1, 3, 4))  # (T,)
         driven = (j + 1) // frames_per_step  # the step holding frame j + 1
-        if driven >= steps:  # the window's last action drives no frame inside it
-            assert per_step.max().item() == 0.0
+        if driven >= steps or (action_shift and driven == 0):  # the window's last action drives no
+            assert per_step.max().item() == 0.0  # frame inside it; step 0 has no previous step to shift
             continue
         assert per_step[:driven].sum().item() <= 1e-6, f"action {j} changes a step before {driven}"
         assert per_step[driven].item() > 1e-4, f"action {j} does not change step {driven}"
@@ -126,9 +131,9 @@ def test_class_conditions_and_missing_conditioning_is_refused():
         prior.sample(cond, shape=(3, 3, 2))
 
 
-@pytest.mark.parametrize("given_steps", [None, 1, 2])
-def test_cached_sampling_matches_naive_sampling(given_steps):
-    prior = conditioned(frames_per_step=2, dropout=0.2).train()  # dropout would break the match if left on
+@pytest.mark.parametrize("given_steps,action_shift", [(None, 0), (1, 0), (2, 0), (1, 3)])
+def test_cached_sampling_matches_naive_sampling(given_steps, action_shift):
+    prior = conditioned(frames_per_step=2, dropout=0.2, action_shift=action_shift).train()  # dropout would break the match if left on
     cond = cond_for(prior, batch=3)
     given = None
     if given_steps is not None:

@@ -88,11 +88,16 @@ class VideoStage2(Stage2Config):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
+    # per action a learnt k x k filter over the previous frame's codes (how the view moves under
+    # it); 0 turns it off, else odd: wide enough for the view's largest move per latent step
+    action_shift: int = Field(5, ge=0)
 
     @model_validator(mode="after")
     def _heads(self) -> "VideoStage2":
         if self.hidden % self.num_heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of num_heads ({self.num_heads})")
+        if self.action_shift and self.action_shift % 2 == 0:
+            raise ValueError(f"action_shift ({self.action_shift}) must be 0 (off) or odd")
         return self
 
 
@@ -102,6 +107,7 @@ class VideoSample(SampleConfig):
     windows, and scores both against the real frames (PSNR)."""
     given_frames: int = Field(4, ge=1)
     windows: int = Field(8, ge=2)  # val windows continued (and scored)
+    draws: int = Field(1, ge=1)  # continuations per window and actions, averaged in the scores
 
 
 # ---- decoding ------------------------------------------------------------------------------------
@@ -520,7 +526,7 @@ class VideoModality(Modality):
                           frames_per_step=data.frames // latent_shape[0], num_frames=data.frames,
                           num_classes=cond[CLASSES].size if CLASSES in cond else 0, action_key=ACTIONS,
                           class_key=CLASSES, d_model=stage2.hidden, num_layers=stage2.num_layers,
-                          num_heads=stage2.num_heads, dropout=stage2.dropout)
+                          num_heads=stage2.num_heads, dropout=stage2.dropout, action_shift=stage2.action_shift)
 
     def val_sums(self, batch: Batch, out) -> dict[str, float]:
         import torch

@@ -8,7 +8,8 @@ decoder turns them into frames. The same runs with the actions shuffled between 
 (each window gets the next one's), and the PSNR of the generated frames against the real ones
 is logged for both: with true actions it must be clearly higher if the prior uses them, so the
 window-by-window gap is logged too, with its standard error and the fraction of windows where
-the true actions did better. A
+the true actions did better (each window's PSNR averaged over `sample.draws` continuations, so
+the gap is the prior's, not one draw's luck). A
 counterfactual continues the first window under two constant action sequences.
 
 Files, at `<workdir>/samples/samples-<prior version>`:
@@ -98,23 +99,31 @@ def continue_windows(settings, prior, vqvae, meta: dict, device, stem: str) -> t
     sizes = [len(next(iter(runs[r].values()))) if runs[r] else n for r in names]
     given_all = torch.cat([given[:size] for size in sizes])
     generator = torch.Generator().manual_seed(s.seed)
-    start = time.perf_counter()
-    drawn = prior.sample({k: v.to(device) for k, v in cond_all.items()} or None, shape=tuple(codes.shape[1:]),
-                         temperature=s.temperature, generator=generator, num_samples=len(given_all),
-                         given=given_all.to(device))
-    seconds = time.perf_counter() - start
-    with torch.no_grad():
-        out = vqvae.decode_indices(drawn.to(device)).float().cpu()
-        recon = vqvae.decode_indices(codes.to(device)).float().cpu()
     bounds = np.cumsum([0, *sizes])
-    made = {r: out[bounds[i]:bounds[i + 1]] for i, r in enumerate(names)}
     later = slice(s.given_frames, None)
-    true = window_psnr(made["true"][:, :, later], x[:, :, later])
+    scores: dict[str, list[torch.Tensor]] = {"true": [], "shuffled": []}  # per draw, each window's PSNR
+    seconds = 0.0
+    for draw in range(s.draws):  # the files show the first draw; the scores average every draw's
+        start = time.perf_counter()
+        drawn = prior.sample({k: v.to(device) for k, v in cond_all.items()} or None, shape=tuple(codes.shape[1:]),
+                             temperature=s.temperature, generator=generator, num_samples=len(given_all),
+                             given=given_all.to(device))
+        seconds += time.perf_counter() - start
+        with torch.no_grad():
+            out = vqvae.decode_indices(drawn.to(device)).float().cpu()
+        runs_out = {r: out[bounds[i]:bounds[i + 1]] for i, r in enumerate(names)}
+        if draw == 0:
+            made = runs_out
+        for r in scores if has_actions else ("true",):
+            scores[r].append(window_psnr(runs_out[r][:, :, later], x[:, :, later]))
+    with torch.no_grad():
+        recon = vqvae.decode_indices(codes.to(device)).float().cpu()
+    true = torch.stack(scores["true"]).mean(0)
     metrics = {"sample_psnr_true_actions" if has_actions else "sample_psnr": true.mean().item(),
                "sample_psnr_reconstruction": window_psnr(recon[:, :, later], x[:, :, later]).mean().item(),
-               "sample_seconds_per_window": seconds / len(given_all), "windows": float(n)}
+               "sample_seconds_per_window": seconds / (len(given_all) * s.draws), "windows": float(n)}
     if has_actions:
-        shuffled = window_psnr(made["shuffled"][:, :, later], x[:, :, later])
+        shuffled = torch.stack(scores["shuffled"]).mean(0)
         metrics["sample_psnr_shuffled_actions"] = shuffled.mean().item()
         metrics.update(paired_gap(true, shuffled))
 

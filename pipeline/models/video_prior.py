@@ -105,6 +105,7 @@ class VideoPrior(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.0,
         previous_frame: bool = True,
+        action_shift: int = 0,
     ):
         super().__init__()
         latent_shape = tuple(int(n) for n in latent_shape)
@@ -125,12 +126,16 @@ class VideoPrior(nn.Module):
                              f"num_layers ({num_layers}) >= 1")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if action_shift < 0 or (action_shift and action_shift % 2 == 0):
+            raise ValueError(f"action_shift must be 0 (off) or an odd kernel size, got {action_shift}")
         self._config = dict(
             codebook_size=codebook_size, latent_shape=list(latent_shape), num_actions=num_actions,
             frames_per_step=frames_per_step, num_frames=num_frames, num_classes=num_classes,
             action_key=action_key, class_key=class_key, d_model=d_model, num_layers=num_layers,
             num_heads=num_heads, dropout=dropout, previous_frame=previous_frame,
         )
+        if action_shift:  # absent from the configs of priors made before it existed
+            self._config["action_shift"] = action_shift
         self.codebook_size, self.latent_shape = codebook_size, latent_shape
         self.num_actions, self.frames_per_step, self.num_frames = num_actions, frames_per_step, num_frames
         self.num_classes, self.action_key, self.class_key = num_classes, action_key, class_key
@@ -151,6 +156,13 @@ class VideoPrior(nn.Module):
         # keeps the order causal, and it hands every position the place it most likely copies or
         # shifts from (a turn moves the view sideways by about a code per frame).
         self.previous = nn.Conv2d(d_model, d_model, 3, padding=1) if previous_frame and t > 1 else None
+        # How the view moves under an action: per action (and the start action) a depthwise
+        # k x k kernel over the previous step's code embeddings, mixed by the actions driving the
+        # step (their mean, as for the action embedding). A turn shifts the view by a code or two
+        # a frame: with these the shift is a learnt filter chosen by the action, which the shared
+        # 3x3 conv and the attention would otherwise have to build from the added action vector.
+        self.action_shift = (nn.Parameter(0.02 * torch.randn(num_actions + 1, d_model, action_shift, action_shift))
+                             if action_shift and num_actions and self.previous is not None else None)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d_model, num_heads, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
@@ -189,10 +201,12 @@ class VideoPrior(nn.Module):
 
     # -- conditioning -------------------------------------------------------------------------
 
-    def _condition(self, cond: dict[str, torch.Tensor] | None, batch: int | None, device) -> torch.Tensor | None:
-        """-> the conditioning of each time step (B, T, d) (actions + class), or None."""
+    def _condition(self, cond: dict[str, torch.Tensor] | None, batch: int | None, device):
+        """-> (the conditioning vector of each time step (B, T, d) (actions + class) or None, the
+        mixture of the actions driving each time step (B, T, num_actions + 1) for the action
+        shift, or None)."""
         cond = cond or {}
-        out = None
+        out = mix = None
         if self.action_embedding is not None:
             actions = cond.get(self.action_key)
             if actions is None:
@@ -209,6 +223,8 @@ class VideoPrior(nn.Module):
             padded = torch.cat([start, actions], dim=1)  # column j + 1 holds action j; column 0 the start
             driving = padded[:, self.action_index]  # (B, T, f): actions j in [t*f - 1, (t+1)*f - 1)
             out = self.action_embedding(driving).mean(dim=2)
+            if self.action_shift is not None:
+                mix = F.one_hot(driving, self.num_actions + 1).to(self.action_shift.dtype).mean(dim=2)
             batch = actions.shape[0]
         if self.class_embedding is not None:
             labels = cond.get(self.class_key)
@@ -219,11 +235,12 @@ class VideoPrior(nn.Module):
                 raise ValueError(f"cond[{self.class_key!r}] must have shape ({batch},), got {tuple(labels.shape)}")
             vec = self.class_embedding(labels)[:, None].expand(-1, self.latent_shape[0], -1)  # (B, T, d)
             out = vec if out is None else out + vec
-        return out
+        return out, mix
 
-    def _previous_step(self, grid: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    def _previous_step(self, grid: torch.Tensor, first: int, last: int, mix: torch.Tensor | None) -> torch.Tensor:
         """(B, last - first + 1, H * W, d): for each time step first .. last, the previous step's
-        codes in `grid` (B, T, H, W) seen through the 3x3 conv (zeros for step 0)."""
+        codes in `grid` (B, T, H, W) seen through the 3x3 conv, plus the action shift under the
+        step's action mixture `mix` (B, T, A + 1) when the model has one (zeros for step 0)."""
         b, (_, h, w) = grid.shape[0], self.latent_shape
         out = torch.zeros(b, last - first + 1, h * w, self.d_model, device=grid.device,
                           dtype=self.code_embedding.weight.dtype)
@@ -231,11 +248,18 @@ class VideoPrior(nn.Module):
         if lo <= last:
             e = self.code_embedding(grid[:, lo - 1:last])  # (B, n, H, W, d)
             n = e.shape[1]
-            f = self.previous(e.reshape(b * n, h, w, -1).permute(0, 3, 1, 2))  # (B*n, d, H, W)
+            e = e.reshape(b * n, h, w, -1).permute(0, 3, 1, 2)  # (B*n, d, H, W)
+            f = self.previous(e)
+            if self.action_shift is not None:
+                d, k = self.d_model, self.action_shift.shape[-1]
+                kernels = torch.einsum("bna,adij->bndij", mix[:, lo:last + 1].to(e.dtype),
+                                       self.action_shift.to(e.dtype)).reshape(b * n * d, 1, k, k)
+                f = f + F.conv2d(e.reshape(1, b * n * d, h, w), kernels, padding=k // 2,
+                                 groups=b * n * d).view(b * n, d, h, w)
             out[:, lo - first:] = f.reshape(b, n, -1, h * w).transpose(2, 3).to(out.dtype)
         return out
 
-    def _inputs(self, prev_codes: torch.Tensor, start: int, step_cond: torch.Tensor | None,
+    def _inputs(self, prev_codes: torch.Tensor, start: int, step_cond: tuple,
                 with_start: bool, grid: torch.Tensor) -> torch.Tensor:
         """Transformer inputs at positions start .. start+L-1. prev_codes (B, L') are the codes at
         the positions before each (one fewer than L when with_start: position 0 takes the start
@@ -246,11 +270,12 @@ class VideoPrior(nn.Module):
         n = x.shape[1]
         t, r, c = self.position_index[:, start:start + n]
         x = x + self.time_embedding(t) + self.row_embedding(r) + self.column_embedding(c)
-        if step_cond is not None:
-            x = x + step_cond[:, t]
+        vec, mix = step_cond
+        if vec is not None:
+            x = x + vec[:, t]
         if self.previous is not None:
             first = int(t[0])
-            previous = self._previous_step(grid, first, int(t[-1]))
+            previous = self._previous_step(grid, first, int(t[-1]), mix)
             x = x + previous[:, t - first, r * self.latent_shape[2] + c]
         return self.drop(x)
 
