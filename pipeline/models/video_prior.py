@@ -14,7 +14,9 @@ video, (B, T, H, W) int64 (T latent time steps of H x W grids), modelled autoreg
 Input to position i: the embedding of the code at i-1 (a learnt start vector at i = 0), plus
 learnt (factorised) embeddings of i's time step, row and column, plus the action conditioning of
 i's time step, plus the class embedding, plus (from the second time step on) a 3x3 conv over
-the embeddings of the previous time step's codes around i's row and column. The output at i: logits over the codebook for the code at
+the embeddings of the previous time step's codes around i's row and column, plus (with
+`action_shift` k > 0) a depthwise k x k filter over the same embeddings, one filter per action,
+mixed by the actions driving i's step. The output at i: logits over the codebook for the code at
 i, so the logits at i depend only on the codes strictly before i.
 
 Action convention (that of the video data, gym / ViZDoom step): `actions[j]`, one per INPUT frame,
