@@ -35,7 +35,7 @@ from pipeline.data import codeset
 from pipeline.data.shard import manifest_digest, shard_cond
 from pipeline.errors import UserError
 from pipeline.locks import exclusive
-from pipeline.runtime import init_ray, use_gpu
+from pipeline.runtime import check_resources, init_ray, use_gpu
 
 SPLITS = codeset.SPLITS
 
@@ -217,6 +217,9 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
     start = time.perf_counter()
     init_ray(settings)
     gpu = use_gpu(settings)
+    actors = settings.codes.actors  # one CPU each (Ray Data's default), and a GPU each on GPUs
+    check_resources(f"codes {settings.data.name}", {"CPU": (actors, "codes.actors"),
+                                                    **({"GPU": (actors, "codes.actors")} if gpu else {})})
     tmp = f"{settings.codes_dir}/.{os.path.basename(out)}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -6,16 +6,27 @@ import os
 from pipeline.config import Settings
 
 
+# Whether this process started the Ray instance it uses (None: it did not call init_ray, as in a
+# Tune trial). An instance started here never grows; a joined cluster may (an autoscaler).
+_started_local: bool | None = None
+
+
 def init_ray(settings: Settings) -> None:
     """`ray.address` or RAY_ADDRESS (set by `ray job submit`) joins a cluster; else start locally.
 
-    Inside a submitted job ray.init() with no arguments connects to that job's cluster, so a job
-    never starts a second local instance."""
+    Inside a submitted job RAY_ADDRESS names that job's cluster, so a job never starts a second
+    local instance. Without either, a new local instance starts even when a `ray start` instance
+    runs on the machine: plain ray.init() would join that one (the last `ray start`'s address,
+    kept in /tmp/ray/ray_current_cluster), with its CPUs and its other work, or fail on the
+    stale address a crashed head leaves. `ray.address: auto` joins it when that is what you want."""
+    global _started_local
     import ray
 
     if ray.is_initialized():
         return
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    if address == "local":  # Ray's own word for "start a new instance"
+        address = None
     # Workers' and actors' output stays in the session's log files (/tmp/ray/session_*/logs):
     # streamed here it buries the stages' own lines, and a failure's one-line reason, under
     # tracebacks and Ray Train's internal lines. An unexpected failure still shows its worker
@@ -25,6 +36,7 @@ def init_ray(settings: Settings) -> None:
                     "logging_level": "INFO" if verbose else "WARNING"}
     if address:
         context = ray.init(address=address, **kwargs)
+        _started_local = False
         print(f"ray: joined the cluster at {address} ({_resources(ray)}){_dashboard(context)}", flush=True)
     else:
         # The dashboard stays on: Ray Train and Tune query the State API through it; without it
@@ -42,6 +54,7 @@ def init_ray(settings: Settings) -> None:
             logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
                 lambda record: "Token authentication is enabled" not in record.getMessage())
         context = start_local(settings.ray.num_cpus, **kwargs)
+        _started_local = True
         # Everything in this process that looks for "the" local instance (Ray Train's driver
         # side, the State API) finds this one: with another local instance on the machine they
         # found two and logged a "Found multiple active Ray instances" traceback each time.
@@ -95,7 +108,8 @@ def start_local(num_cpus: int | None, **kwargs):
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         before = _children()
         try:
-            return ray.init(num_cpus=num_cpus, dashboard_port=port, **kwargs)
+            # "local": a new instance, never the one a `ray start` on this machine left its address for
+            return ray.init(address="local", num_cpus=num_cpus, dashboard_port=port, **kwargs)
         except Exception as e:  # noqa: BLE001 - only a start that timed out is tried again
             if NODE_TIMED_OUT not in str(e):
                 raise
@@ -166,6 +180,29 @@ def use_gpu(settings: Settings) -> bool:
     if settings.ray.use_gpu is not None:
         return settings.ray.use_gpu
     return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def check_resources(what: str, need: dict[str, tuple[float, str]]) -> None:
+    """Ray waits without a word for resources that its instance does not have: a stage asking
+    more CPUs or GPUs than a local instance holds would hang. There that is a one-line error
+    (exit 2); on a joined cluster, which an autoscaler may grow, a line saying what it waits for.
+    `need`: {resource: (amount, the settings that set it)}."""
+    import ray
+
+    have = ray.cluster_resources()
+    short = {k: need[k] for k in need if need[k][0] > have.get(k, 0) + 1e-9}
+    if not short:
+        return
+    text = ", ".join(f"{amount:g} {k}" for k, (amount, _) in short.items())
+    has = ", ".join(f"{have.get(k, 0):g} {k}" for k in short)
+    knobs = " or ".join(dict.fromkeys(knob for _, knob in short.values()))
+    if _started_local:
+        from pipeline.errors import UserError
+
+        more = ", or raise ray.num_cpus (the local instance's logical CPUs)" if "CPU" in short else ""
+        raise UserError(f"{what} needs {text} and the local Ray instance has {has}: lower {knobs}{more}")
+    print(f"{what}: needs {text} and the cluster has {has} now; waiting for it to grow (an autoscaler adds "
+          f"nodes; without one, lower {knobs})", flush=True)
 
 
 def _resources(ray) -> str:

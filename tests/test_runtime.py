@@ -1,14 +1,18 @@
 """pipeline.runtime: keep_freed_memory, measured on a fresh interpreter the way a Ray Train worker
 runs the loop (in a thread that has already allocated, so it has its own malloc arena); and a
-local Ray start that times out on a loaded machine, tried again."""
+local Ray start that times out on a loaded machine, tried again; a job that starts its own instance
+beside a `ray start` one, and refuses in one line what that instance cannot hold."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_STAGE1, run_job, workdir_with_shards, write_config
 
 SCRIPT = """
 import json, resource, sys, threading
@@ -91,3 +95,33 @@ def test_a_local_start_that_times_out_is_cleaned_up_and_tried_again(tmp_path):
     assert (tmp_path / "slowed").exists()  # the first start did meet the slow agent
     assert "did not start in time (a loaded machine?); starting another (2/3)" in proc.stdout, proc.stdout
     assert "gcs servers 1" in proc.stdout  # the first attempt's processes were stopped
+
+
+def test_a_job_starts_its_own_instance_beside_a_ray_start_one_and_refuses_what_it_cannot_hold(
+        tmp_path, demo_raw, demo_shards):
+    """`ray start` leaves its address in <Ray's temp dir>/ray_current_cluster, and a plain
+    ray.init() joins it: a job would train on someone else's instance (here its address is stale,
+    as a crashed head leaves it, so joining it fails outright). A job not told to join starts its
+    own. Three one-CPU workers on its 2 CPUs would wait for ever, silently: exit 2 and one line,
+    and the stage's MLflow run is FAILED, not left running."""
+    from mlflow import MlflowClient
+
+    short = tempfile.mkdtemp(prefix="rt-")  # RAY_TMPDIR: Ray's socket paths must stay under 108 bytes
+    try:
+        (Path(short) / "ray").mkdir()
+        (Path(short) / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
+        work = workdir_with_shards(tmp_path, demo_shards)
+        cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1,
+                           ray={"num_workers": 3, "cpus_per_worker": 1, "num_cpus": 2})
+        proc = run_job("stage1.py", "--config", str(cfg), env={"RAY_TMPDIR": short, "RAY_ADDRESS": None},
+                       timeout=240)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert "ray: started a local instance (2 CPU, 0 GPU)" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: stage1 t needs 3 CPU and the local Ray instance has 2 CPU: lower ray.num_workers or "
+        "ray.cpus_per_worker, or raise ray.num_cpus (the local instance's logical CPUs)"), proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert [(r.data.tags.get("stage"), r.info.status) for r in runs] == [("stage1", "FAILED")]

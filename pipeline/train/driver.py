@@ -23,7 +23,7 @@ from pipeline import progress
 from pipeline.config import Settings, settings_to_params
 from pipeline.errors import UserError
 from pipeline.locks import exclusive
-from pipeline.runtime import init_ray, use_gpu
+from pipeline.runtime import check_resources, init_ray, use_gpu
 
 # Keys that do not change what is trained: a change of these still resumes the same run.
 # Keys of a training section that leave the model what it is: how often it checkpoints,
@@ -112,6 +112,10 @@ def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     gpu = use_gpu(settings)
+    workers = settings.ray.num_workers
+    need = {"CPU": (workers * settings.ray.cpus_per_worker, "ray.num_workers or ray.cpus_per_worker")}
+    if gpu:
+        need["GPU"] = (workers, "ray.num_workers (or set ray.use_gpu: false)")
     progress_path = os.path.join(settings.runs_dir, name, progress.PROGRESS_FILE) if "://" not in settings.runs_dir else None
     trainer = TorchTrainer(
         loop,
@@ -129,6 +133,7 @@ def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config:
     watching = progress.watch(progress_path, label, steps, shown=shown) if label and progress_path and steps \
         else contextlib.nullcontext()
     try:
+        check_resources(label or name, need)  # on a local instance: fails here rather than waits for ever
         with watching:
             result = trainer.fit()
     except BaseException as e:
