@@ -47,8 +47,14 @@ def main(settings, args) -> None:
     # roll-ups) in processes of their own; a UI over a pipeline's store needs none of it.
     # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment turns it back on.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    quiet = []
+    if not os.environ.get("PIPELINE_VERBOSE"):
+        # uvicorn's INFO lines (start-up, every worker) and the deprecation warning each of its
+        # workers prints for MLflow's own import of starlette's WSGI middleware: --verbose has them
+        quiet = ["--uvicorn-opts", "--log-level warning"]
+        os.environ.setdefault("PYTHONWARNINGS", "ignore:starlette.middleware.wsgi is deprecated")
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                              "--host", args.host, "--port", str(args.port)])
+                              "--host", args.host, "--port", str(args.port), *quiet])
 
 
 if __name__ == "__main__":

@@ -217,6 +217,10 @@ def _check_the_mlflow_ui(cfg, overrides, settings, results, tmp_path):
         except subprocess.TimeoutExpired:  # a loaded machine: its server's workers still stopping
             os.killpg(ui.pid, signal.SIGKILL)
             ui.wait()
+    said = ui.stdout.read()
+    assert "latest pipeline run: http://127.0.0.1:" in said, said
+    # quiet: no uvicorn INFO lines, no warnings of MLflow's own imports (--verbose has them)
+    assert "Uvicorn running" not in said and "Warning" not in said, said
 
 
 def _wait_for(check, seconds: float, said=lambda: ""):
