@@ -5,9 +5,9 @@ variant x pitch x rate, one accent), each reading its own sentences, at 48 kHz l
 
 The voices share one accent (American English) on purpose. A conversion keeps what the codes
 hold, and they hold how each vowel is said; a speaker encoder hears the accent as part of the
-voice. With ten accents, espeak-ng re-synthesizing each source sentence with the target voice's
-variant and pitch (a perfect conversion of the voice) lands nearer the target only 77 % of the
-time; with one accent 100 % (bench/conversion_ceiling.py). The voices differ by what a
+voice. With the seven accents the corpus had before, espeak-ng re-synthesizing each source
+sentence with the target voice's variant and pitch (a perfect conversion of the voice) lands
+nearer the target only 77 % of the time; with one accent 100 % (bench/conversion_ceiling.py). The voices differ by what a
 conversion changes: the vocal tract (the variant), the pitch, and the rate the codes keep.
 
 Sentences come from a seeded grammar over a fixed vocabulary, so the corpus is the same on every
