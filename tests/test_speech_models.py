@@ -17,11 +17,11 @@ def tiny_vqvae(**kw) -> SpeechVQVAE:
     return SpeechVQVAE(**{**args, **kw})
 
 
-@pytest.mark.parametrize("kernel_size", [2, 3])
-def test_wavenet_output_at_t_sees_only_inputs_before_t(kernel_size):
+@pytest.mark.parametrize("kernel_size,scalar_input", [(2, False), (3, False), (2, True)])
+def test_wavenet_output_at_t_sees_only_inputs_before_t(kernel_size, scalar_input):
     torch.manual_seed(0)
     net = WaveNet(num_classes=16, channels=8, skip_channels=8, num_layers=6, cycle=3, kernel_size=kernel_size,
-                  local_channels=4, global_channels=3)
+                  local_channels=4, global_channels=3, scalar_input=scalar_input)
     x = torch.randint(0, 16, (2, 64))
     e = net.embed(x).detach().requires_grad_(True)
     logits = net.forward_embedded(e, torch.randn(2, 4, 64), torch.randn(2, 3))
@@ -45,11 +45,12 @@ def test_wavenet_forward_scores_what_generation_draws():
     assert agree == 1.0
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cached_generation_gives_the_naive_samples_for_the_same_draws(dtype):
+@pytest.mark.parametrize("dtype,scalar_input", [(torch.float64, False), (torch.float32, False),
+                                                (torch.float32, True)])
+def test_cached_generation_gives_the_naive_samples_for_the_same_draws(dtype, scalar_input):
     torch.manual_seed(2)
     net = WaveNet(num_classes=32, channels=12, skip_channels=16, num_layers=7, cycle=4, kernel_size=2,
-                  local_channels=5, global_channels=3).to(dtype)
+                  local_channels=5, global_channels=3, scalar_input=scalar_input).to(dtype)
     hop, steps = 4, 48
     local, glob = torch.randn(3, 5, steps // hop, dtype=dtype), torch.randn(3, 3, dtype=dtype)
     cached = net.generate(steps, local, glob, generator=torch.Generator().manual_seed(7), hop=hop)
@@ -58,6 +59,35 @@ def test_cached_generation_gives_the_naive_samples_for_the_same_draws(dtype):
     assert torch.equal(cached, naive)
     other = net.generate(steps, local, glob, generator=torch.Generator().manual_seed(8), hop=hop)
     assert not torch.equal(cached, other)  # the draws matter: the agreement above is not vacuous
+
+
+def test_conditioning_at_the_codes_rate_is_the_repeated_conditioning():
+    """forward(..., hop) adds each local column to its hop steps without repeating it: the same
+    logits and gradients as the conditioning repeated to every step, for any length."""
+    torch.manual_seed(5)
+    net = WaveNet(num_classes=16, channels=8, skip_channels=8, num_layers=4, cycle=2, local_channels=3,
+                  global_channels=2, scalar_input=True).double()
+    glob = torch.randn(2, 2, dtype=torch.float64)
+    for steps in (40, 37):  # a whole number of columns, and one that is not
+        x = torch.randint(0, 16, (2, steps))
+        local = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+        fast = net(x, local, glob, hop=4)
+        grad_fast, = torch.autograd.grad(fast.square().sum(), local)
+        slow = net(x, local.repeat_interleave(4, dim=-1)[..., :steps], glob)
+        grad_slow, = torch.autograd.grad(slow.square().sum(), local)
+        assert fast.shape == (2, 16, steps)
+        assert torch.allclose(fast, slow, atol=1e-12) and torch.allclose(grad_fast, grad_slow, atol=1e-10)
+        assert not torch.allclose(fast, net(x, local.roll(1, -1), glob, hop=4))  # the columns matter
+
+
+def test_scalar_input_reads_neighbouring_levels_alike_and_the_start_token_apart():
+    net = WaveNet(num_classes=256, channels=8, skip_channels=8, num_layers=2, cycle=2, scalar_input=True)
+    table = net.input_table()
+    assert table.shape == (257, 8)
+    steps = (table[1:256] - table[:255]).norm(dim=1)
+    assert torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-4)  # a line through the levels
+    assert torch.allclose(table[128] + table[127], 2 * net.input_bias, atol=1e-5)  # -v and v around it
+    assert torch.equal(table[256], net.start_vector)
 
 
 def test_mu_law_round_trip():

@@ -77,6 +77,11 @@ class SpeechStage1(Stage1Config):
     # The decoder models x[t] - a * x[t-1] (0: the paper's plain mu-law samples); generation
     # undoes it, which pushes the sampling noise below the speech at high frequencies.
     preemphasis: float = Field(0.0, ge=0, lt=1)
+    # The decoder reads each past sample as its mu-law value through a learnt linear map (true),
+    # or as one of 256 learnt embeddings (false). On the demo the value learnt faster early on
+    # (6.07 against 6.34 val bits per sample after 200 steps, the same after 800) at 10 % less
+    # time per step.
+    scalar_input: bool = True
     shown_seconds: float = Field(1.0, gt=0)  # length of the reconstructions written at validation
 
 
@@ -446,7 +451,8 @@ class SpeechModality(Modality):
                            dead_code_steps=stage1.dead_code_steps, speaker_dim=stage1.speaker_dim,
                            wavenet_channels=stage1.wavenet_channels, wavenet_skip=stage1.wavenet_skip,
                            wavenet_layers=stage1.wavenet_layers, wavenet_cycle=stage1.wavenet_cycle,
-                           cond_channels=stage1.cond_channels, preemphasis=stage1.preemphasis)
+                           cond_channels=stage1.cond_channels, preemphasis=stage1.preemphasis,
+                           scalar_input=stage1.scalar_input)
 
     def build_prior(self, stage2: SpeechStage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None,
                     data=None):

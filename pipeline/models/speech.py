@@ -90,14 +90,15 @@ class SpeechVQVAE(nn.Module):
                  decay: float = 0.99, dead_code_steps: int = 0, speaker_dim: int = 64,
                  wavenet_channels: int = 64, wavenet_skip: int = 128, wavenet_layers: int = 20,
                  wavenet_cycle: int = 10, cond_channels: int = 64, mu_law_bits: int = 8,
-                 preemphasis: float = 0.0):
+                 preemphasis: float = 0.0, scalar_input: bool = True):
         super().__init__()
         self.config: dict[str, Any] = dict(
             num_speakers=num_speakers, hidden=hidden, num_downsamples=num_downsamples,
             codebook_size=codebook_size, code_dim=code_dim, beta=beta, ema=ema, decay=decay,
             dead_code_steps=dead_code_steps, speaker_dim=speaker_dim, wavenet_channels=wavenet_channels,
             wavenet_skip=wavenet_skip, wavenet_layers=wavenet_layers, wavenet_cycle=wavenet_cycle,
-            cond_channels=cond_channels, mu_law_bits=mu_law_bits, preemphasis=preemphasis)  # fmt: skip
+            cond_channels=cond_channels, mu_law_bits=mu_law_bits, preemphasis=preemphasis,
+            scalar_input=scalar_input)  # fmt: skip
         if not 0.0 <= preemphasis < 1.0:
             raise ValueError(f"preemphasis must be in [0, 1), got {preemphasis}")
         self.num_downsamples, self.mu_law_bits, self.preemphasis = num_downsamples, mu_law_bits, preemphasis
@@ -114,7 +115,8 @@ class SpeechVQVAE(nn.Module):
         self.speaker_embedding = nn.Embedding(num_speakers, speaker_dim)
         self.decoder = WaveNet(num_classes=2**mu_law_bits, channels=wavenet_channels, skip_channels=wavenet_skip,
                                num_layers=wavenet_layers, cycle=wavenet_cycle, kernel_size=2,
-                               local_channels=cond_channels, global_channels=speaker_dim)
+                               local_channels=cond_channels, global_channels=speaker_dim,
+                               scalar_input=scalar_input)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SpeechVQVAE":
@@ -137,9 +139,9 @@ class SpeechVQVAE(nn.Module):
             return None
         return mask[:, : latent[0] * self.hop: self.hop]
 
-    def _decode_logits(self, z_q: Tensor, target: Tensor, speaker: Tensor) -> Tensor:
-        local = self.cond_net(z_q).repeat_interleave(self.hop, dim=-1)
-        return self.decoder(target, local, self.speaker_embedding(speaker))
+    def _decode_logits(self, z_q: Tensor, inputs: Tensor, speaker: Tensor) -> Tensor:
+        # the conditioning stays at the codes' rate: each column is added to its hop samples
+        return self.decoder(inputs, self.cond_net(z_q), self.speaker_embedding(speaker), hop=self.hop)
 
     def forward(self, x: Tensor, cond: dict[str, Tensor] | None = None, mask: Tensor | None = None) -> SpeechVQVAEOutput:
         speaker = _speaker(cond, x.shape[0], x.device)
@@ -221,7 +223,7 @@ class CodePrior(nn.Module):
         """Code sequences (B, *shape) with the cached generation of the WaveNet."""
         if len(tuple(shape)) != 1:
             raise ValueError(f"shape must have 1 dim (codes), got {tuple(shape)}")
-        device = self.net.embedding.weight.device
+        device = self.net.input_table().device
         batch = cond[self.cond_key].shape[0] if cond and self.cond_key in cond else num_samples
         if batch is None:
             raise ValueError("give speaker ids in cond or num_samples")

@@ -5,6 +5,7 @@ the upsampled codes and a speaker) and as the speech prior (code ids, conditione
     net = WaveNet(num_classes=256, channels=64, num_layers=20, cycle=10,
                   local_channels=64, global_channels=32)
     logits = net(x, local, glob)          # x (B, T) int64; local (B, local_channels, T); glob (B, G)
+    logits = net(x, codes, glob, hop=64)  # local at a 64x lower rate: each column serves 64 steps
     x = net.generate(num_steps, local, glob, generator=g)   # cached: O(layers) per step
 
 Each layer is a dilated causal conv (dilations 1, 2, 4, ... restarting every `cycle` layers)
@@ -64,10 +65,16 @@ class CausalLayer(nn.Module):
         """How many past inputs one output step reads."""
         return (self.kernel_size - 1) * self.dilation
 
-    def forward(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None, hop: int = 1) -> tuple[Tensor, Tensor]:
+        """cond (B, 2C, T / hop) or (B, 2C, 1): each column is added to `hop` output steps (a
+        broadcast, never a (B, 2C, T) copy)."""
         h = self.conv(F.pad(x, (self.history, 0)))
         if cond is not None:
-            h = h + cond
+            if hop > 1 and cond.shape[-1] > 1:
+                b, c, t = h.shape
+                h = (h.view(b, c, t // hop, hop) + cond.unsqueeze(-1)).view(b, c, t)
+            else:
+                h = h + cond
         z = gate(h)
         return (x + self.res(z)) * math.sqrt(0.5), self.skip(z)
 
@@ -83,16 +90,25 @@ class CausalLayer(nn.Module):
 class WaveNet(nn.Module):
     def __init__(self, num_classes: int = 256, channels: int = 64, skip_channels: int = 128,
                  num_layers: int = 20, cycle: int = 10, kernel_size: int = 2,
-                 local_channels: int = 0, global_channels: int = 0):
+                 local_channels: int = 0, global_channels: int = 0, scalar_input: bool = False):
         super().__init__()
         if kernel_size < 2:
             raise ValueError(f"kernel_size must be >= 2, got {kernel_size}")
         self._config = dict(num_classes=num_classes, channels=channels, skip_channels=skip_channels,
                             num_layers=num_layers, cycle=cycle, kernel_size=kernel_size,
-                            local_channels=local_channels, global_channels=global_channels)
-        self.num_classes, self.channels = num_classes, channels
+                            local_channels=local_channels, global_channels=global_channels,
+                            scalar_input=scalar_input)
+        self.num_classes, self.channels, self.scalar_input = num_classes, channels, scalar_input
         self.start = num_classes  # the token before the first step
-        self.embedding = nn.Embedding(num_classes + 1, channels)
+        if scalar_input:
+            # Ordered classes (mu-law levels) read as their value v in [-1, 1]: the input is
+            # v * weight + bias, so neighbouring levels start out alike and the net can predict
+            # linearly from the first step; an embedding table learns each level apart.
+            self.input_weight = nn.Parameter(torch.randn(channels))
+            self.input_bias = nn.Parameter(torch.zeros(channels))
+            self.start_vector = nn.Parameter(torch.zeros(channels))
+        else:
+            self.embedding = nn.Embedding(num_classes + 1, channels)
         self.layers = nn.ModuleList(
             CausalLayer(channels, skip_channels, kernel_size, 2 ** (i % cycle)) for i in range(num_layers))
         # Every layer's conditioning projections in one conv / linear (2 * channels each).
@@ -124,28 +140,44 @@ class WaveNet(nn.Module):
             cond = g if cond is None else cond + g
         return cond
 
-    def forward_embedded(self, e: Tensor, local: Tensor | None = None, glob: Tensor | None = None) -> Tensor:
+    def input_table(self) -> Tensor:
+        """(num_classes + 1, C): the input vector of every class and of the start token."""
+        if not self.scalar_input:
+            return self.embedding.weight
+        value = torch.linspace(-1.0, 1.0, self.num_classes, device=self.input_weight.device,
+                               dtype=self.input_weight.dtype)
+        return torch.cat([value[:, None] * self.input_weight + self.input_bias, self.start_vector[None]])
+
+    def forward_embedded(self, e: Tensor, local: Tensor | None = None, glob: Tensor | None = None,
+                         hop: int = 1) -> Tensor:
         """Logits (B, num_classes, T) from the embedded inputs e (B, C, T), not yet shifted (a leaf
         e lets tests read the causal field from gradients)."""
-        start = self.embedding.weight[self.start].view(1, -1, 1).expand(e.shape[0], -1, 1)
+        start = self.input_table()[self.start].view(1, -1, 1).expand(e.shape[0], -1, 1)
         x = torch.cat([start, e[:, :, :-1]], dim=-1)
-        return self._stack(x, self._cond(local, glob))
+        return self._stack(x, self._cond(local, glob), hop)
 
-    def _stack(self, x: Tensor, cond: Tensor | None) -> Tensor:
-        c2 = 2 * self.channels
+    def _stack(self, x: Tensor, cond: Tensor | None, hop: int = 1) -> Tensor:
+        """The layers and the head; cond (B, layers * 2C, T / hop or 1)."""
+        if cond is not None and cond.shape[-1] > 1 and cond.shape[-1] * hop != x.shape[-1]:
+            # a length that is not a whole number of columns: repeat them and crop
+            cond, hop = cond.repeat_interleave(hop, dim=-1)[..., :x.shape[-1]], 1
+        # split, not a slice per layer: one backward node instead of a zero-filled (B, layers * 2C,
+        # T) gradient per layer
+        conds = cond.split(2 * self.channels, dim=1) if cond is not None else [None] * len(self.layers)
         skips = 0
-        for i, layer in enumerate(self.layers):
-            x, skip = layer(x, None if cond is None else cond[:, i * c2:(i + 1) * c2])
+        for layer, c in zip(self.layers, conds):
+            x, skip = layer(x, c, hop)
             skips = skips + skip
         return self.head(skips)
 
     def embed(self, x: Tensor) -> Tensor:
-        return self.embedding(x).transpose(1, 2).contiguous()  # channels-first grads suit DDP buckets
+        return F.embedding(x, self.input_table()).transpose(1, 2).contiguous()  # channels-first grads suit DDP
 
-    def forward(self, x: Tensor, local: Tensor | None = None, glob: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, local: Tensor | None = None, glob: Tensor | None = None, hop: int = 1) -> Tensor:
         """x (B, T) int64 classes -> logits (B, num_classes, T); logits[..., t] predict x[:, t]
-        from x[:, :t], local[..., :t + 1] and glob."""
-        return self.forward_embedded(self.embed(x), local, glob)
+        from x[:, :t], local[..., :(t // hop) + 1] and glob. `local` (B, local_channels, T / hop)
+        holds one column per `hop` steps (the codes at their own rate)."""
+        return self.forward_embedded(self.embed(x), local, glob, hop)
 
     # ---- generation ---------------------------------------------------------------------------
 
@@ -176,13 +208,14 @@ class WaveNet(nn.Module):
         steps, as the decoder's upsampling repeats it); `glob` (B, global_channels)."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        device = self.embedding.weight.device
+        table = self.input_table()
+        device = table.device
         batch = batch or next(t.shape[0] for t in (local, glob) if t is not None)
         cond = self._cond(local, glob)  # 1x1 projections commute with repeating columns
         u = self._uniforms(num_steps, batch, generator)
         c2 = 2 * self.channels
         # per layer, its last `history` inputs in a ring: step t writes slot t % history
-        rings = [torch.zeros(batch, layer.history, self.channels, device=device, dtype=self.embedding.weight.dtype)
+        rings = [torch.zeros(batch, layer.history, self.channels, device=device, dtype=table.dtype)
                  for layer in self.layers]
         weights = [layer.step_weights() for layer in self.layers]
         out = torch.empty(batch, num_steps, dtype=torch.long, device=device)
@@ -191,7 +224,7 @@ class WaveNet(nn.Module):
         self.eval()
         try:
             for t in progress.track(range(num_steps), "generating", unit="samples"):
-                x = self.embedding(prev)
+                x = F.embedding(prev, table)
                 c = self._cond_at(cond, t, hop)
                 skips = None
                 for i, (layer, (taps, bias, w_out, b_out)) in enumerate(zip(self.layers, weights)):
@@ -219,7 +252,7 @@ class WaveNet(nn.Module):
                        batch: int | None = None, temperature: float = 1.0,
                        generator: torch.Generator | None = None, hop: int = 1) -> Tensor:
         """The same draws as `generate`, re-running the whole receptive field for every step."""
-        device = self.embedding.weight.device
+        device = self.input_table().device
         batch = batch or next(t.shape[0] for t in (local, glob) if t is not None)
         cond = self._cond(local, glob)
         if cond is not None and cond.shape[-1] > 1:
