@@ -82,6 +82,11 @@ class SpeechStage1(Stage1Config):
     # (6.07 against 6.34 val bits per sample after 200 steps, the same after 800) at 10 % less
     # time per step.
     scalar_input: bool = True
+    # > 0: the decoder predicts each sample linearly from the last lpc_order ones, with
+    # coefficients the codes and the speaker give, and the WaveNet models what is left (the
+    # excitation; LPCNet's split). The prediction, run on what generation draws, shapes the
+    # sampling noise by the voice's spectral envelope. 0: the paper's plain mu-law samples.
+    lpc_order: int = Field(0, ge=0)
     shown_seconds: float = Field(1.0, gt=0)  # length of the reconstructions written at validation
 
 
@@ -452,7 +457,7 @@ class SpeechModality(Modality):
                            wavenet_channels=stage1.wavenet_channels, wavenet_skip=stage1.wavenet_skip,
                            wavenet_layers=stage1.wavenet_layers, wavenet_cycle=stage1.wavenet_cycle,
                            cond_channels=stage1.cond_channels, preemphasis=stage1.preemphasis,
-                           scalar_input=stage1.scalar_input)
+                           scalar_input=stage1.scalar_input, lpc_order=stage1.lpc_order)
 
     def build_prior(self, stage2: SpeechStage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None,
                     data=None):

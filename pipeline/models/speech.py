@@ -12,6 +12,13 @@ a small conv at the codes' rate, then repeated to the sample rate) and on a lear
 embedding, trained with teacher forcing. Decoding one speaker's codes with another speaker's id
 converts the voice.
 
+`lpc_order=p` (0, the paper's, by default) splits the decoder as LPCNet does (Valin & Skoglund
+2019): a small net turns the codes and the speaker into the coefficients of a stable p-th order
+linear predictor per code (reflection coefficients, trained on the prediction's squared error),
+and the WaveNet models the excitation, what the prediction leaves. Generation adds each drawn
+excitation to the prediction from the samples made so far, so the sampling noise comes out with
+the voice's spectral envelope instead of white.
+
 The prior (`CodePrior`) is a WaveNet over code ids conditioned on the speaker.
 """
 from __future__ import annotations
@@ -67,6 +74,22 @@ def deemphasize(y: Tensor, a: float) -> Tensor:
     return torch.nn.functional.conv1d(flat, kernel.view(1, 1, -1)).reshape(shape).clamp(-1.0, 1.0)
 
 
+def reflection_to_lpc(k: Tensor) -> Tensor:
+    """Reflection coefficients k (..., p), each in (-1, 1), -> the predictor a (..., p) of
+    x[t] ~ sum_i a_i x[t - i] (Levinson's step-up recursion). Its synthesis filter
+    1 / (1 - sum_i a_i z^-i) is stable for any such k, so a learnt k can never make generation blow up."""
+    a = k[..., :1]
+    for m in range(1, k.shape[-1]):
+        km = k[..., m:m + 1]
+        a = torch.cat([a - km * a.flip(-1), km], dim=-1)
+    return a
+
+
+def past_samples(x: Tensor, order: int) -> Tensor:
+    """x (B, T) -> (B, order, T): row i - 1 holds x[t - i] (zeros before the start)."""
+    return torch.stack([torch.nn.functional.pad(x, (i, 0))[:, :x.shape[-1]] for i in range(1, order + 1)], dim=1)
+
+
 @dataclass
 class SpeechVQVAEOutput:
     recon: Tensor | None  # no reconstruction in a teacher-forced pass: generation is separate
@@ -75,11 +98,15 @@ class SpeechVQVAEOutput:
     vq: VQOutput
     nll_bits_sum: Tensor  # summed over real samples (validation adds these up)
     samples: Tensor  # real samples scored
+    lpc_residual: Tensor | None = None  # the linear prediction's error energy / the signal's
 
     def logs(self, model: "SpeechVQVAE") -> dict[str, float]:
-        return {"loss": self.loss.item(), "bits_per_sample": self.recon_loss.item(), "vq_loss": self.vq.loss.item(),
+        logs = {"loss": self.loss.item(), "bits_per_sample": self.recon_loss.item(), "vq_loss": self.vq.loss.item(),
                 "commitment_loss": self.vq.commitment_loss.item(), "train_perplexity": self.vq.perplexity.item(),
                 "train_usage": self.vq.usage.item(), "window_usage": model.vq.window_usage()}
+        if self.lpc_residual is not None:
+            logs["lpc_residual"] = self.lpc_residual.item()
+        return logs
 
 
 class SpeechVQVAE(nn.Module):
@@ -90,7 +117,7 @@ class SpeechVQVAE(nn.Module):
                  decay: float = 0.99, dead_code_steps: int = 0, speaker_dim: int = 64,
                  wavenet_channels: int = 64, wavenet_skip: int = 128, wavenet_layers: int = 20,
                  wavenet_cycle: int = 10, cond_channels: int = 64, mu_law_bits: int = 8,
-                 preemphasis: float = 0.0, scalar_input: bool = True):
+                 preemphasis: float = 0.0, scalar_input: bool = True, lpc_order: int = 0):
         super().__init__()
         self.config: dict[str, Any] = dict(
             num_speakers=num_speakers, hidden=hidden, num_downsamples=num_downsamples,
@@ -98,10 +125,13 @@ class SpeechVQVAE(nn.Module):
             dead_code_steps=dead_code_steps, speaker_dim=speaker_dim, wavenet_channels=wavenet_channels,
             wavenet_skip=wavenet_skip, wavenet_layers=wavenet_layers, wavenet_cycle=wavenet_cycle,
             cond_channels=cond_channels, mu_law_bits=mu_law_bits, preemphasis=preemphasis,
-            scalar_input=scalar_input)  # fmt: skip
+            scalar_input=scalar_input, lpc_order=lpc_order)  # fmt: skip
         if not 0.0 <= preemphasis < 1.0:
             raise ValueError(f"preemphasis must be in [0, 1), got {preemphasis}")
+        if lpc_order < 0:
+            raise ValueError(f"lpc_order must be >= 0, got {lpc_order}")
         self.num_downsamples, self.mu_law_bits, self.preemphasis = num_downsamples, mu_law_bits, preemphasis
+        self.lpc_order = lpc_order
         self.hop = 2**num_downsamples
         layers: list[nn.Module] = []
         for i in range(num_downsamples):
@@ -113,6 +143,13 @@ class SpeechVQVAE(nn.Module):
         # z_q at the codes' rate -> conditioning channels (sees neighbouring codes: they are given)
         self.cond_net = nn.Sequential(nn.Conv1d(code_dim, cond_channels, 3, padding=1), nn.ReLU())
         self.speaker_embedding = nn.Embedding(num_speakers, speaker_dim)
+        if lpc_order:
+            # codes + speaker -> reflection coefficients of a linear predictor per code: its
+            # synthesis filter gives what the WaveNet draws the spectral envelope of the voice
+            self.lpc_net = nn.Sequential(nn.Conv1d(cond_channels + speaker_dim, 2 * cond_channels, 3, padding=1),
+                                         nn.ReLU(), nn.Conv1d(2 * cond_channels, lpc_order, 1))
+            nn.init.zeros_(self.lpc_net[-1].weight)  # starts as no prediction: the plain decoder
+            nn.init.zeros_(self.lpc_net[-1].bias)
         self.decoder = WaveNet(num_classes=2**mu_law_bits, channels=wavenet_channels, skip_channels=wavenet_skip,
                                num_layers=wavenet_layers, cycle=wavenet_cycle, kernel_size=2,
                                local_channels=cond_channels, global_channels=speaker_dim,
@@ -139,22 +176,54 @@ class SpeechVQVAE(nn.Module):
             return None
         return mask[:, : latent[0] * self.hop: self.hop]
 
-    def _decode_logits(self, z_q: Tensor, inputs: Tensor, speaker: Tensor) -> Tensor:
+    def _predictor(self, local: Tensor, speaker_vector: Tensor) -> Tensor:
+        """(B, lpc_order, L): per code, the coefficients a_i of x[t] ~ sum_i a_i x[t - i]."""
+        glob = speaker_vector.unsqueeze(-1).expand(-1, -1, local.shape[-1])
+        # The predictor's error trains the encoder too. On the demo it pulls the codebook down to
+        # a few codes for the first few hundred steps (dead-code restarts bring them back), and
+        # the decoder comes out rendering voices better than with the codes held apart
+        # (local.detach()): 0.78 against 0.68 of 180 conversions nearer the target speaker.
+        k = 0.99 * torch.tanh(self.lpc_net(torch.cat([local, glob], dim=1)))
+        return reflection_to_lpc(k.transpose(1, 2)).transpose(1, 2)
+
+    def teacher_forced(self, signal: Tensor, z_q: Tensor, speaker: Tensor,
+                       real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The decoder on a known (emphasized) signal (B, T = L * hop) given z_q (B, D, L): its
+        logits (B, classes, T), the classes they score, and the linear prediction's relative
+        error energy (None without one)."""
+        inputs = target = mu_law_encode(signal, self.mu_law_bits)
         # the conditioning stays at the codes' rate: each column is added to its hop samples
-        return self.decoder(inputs, self.cond_net(z_q), self.speaker_embedding(speaker), hop=self.hop)
+        local, speaker_vector = self.cond_net(z_q), self.speaker_embedding(speaker)
+        lpc_residual = None
+        if self.lpc_order:
+            # Linear prediction from the past samples with coefficients the codes and the speaker
+            # give (LPCNet, Valin & Skoglund 2019): the WaveNet models the excitation
+            # e = x - prediction. Generation runs the prediction on what it made, so the noise
+            # of its draws is shaped by the voice's spectral envelope instead of white.
+            a = self._predictor(local, speaker_vector)
+            b, t = signal.shape
+            past = past_samples(signal, self.lpc_order)
+            prediction = (past.view(b, self.lpc_order, -1, self.hop) * a.unsqueeze(-1)).sum(1).view(b, t)
+            weight = torch.ones_like(signal) if real is None else real
+            # the least-squares criterion of LPC trains the predictor
+            lpc_residual = ((signal - prediction).square() * weight).sum() / ((signal.square() * weight).sum() + 1e-8)
+            target = mu_law_encode(signal - prediction.detach(), self.mu_law_bits)
+        return self.decoder(inputs, local, speaker_vector, hop=self.hop), target, lpc_residual
 
     def forward(self, x: Tensor, cond: dict[str, Tensor] | None = None, mask: Tensor | None = None) -> SpeechVQVAEOutput:
         speaker = _speaker(cond, x.shape[0], x.device)
         z_e = self.encoder(x)
         length = z_e.shape[-1] * self.hop  # the samples the codes stand for
         vq_out = self.vq(z_e, self.latent_mask(mask, (z_e.shape[-1],)))
-        target = mu_law_encode(emphasize(x[:, 0, :length], self.preemphasis), self.mu_law_bits)
-        logits = self._decode_logits(vq_out.quantized, target, speaker)
-        real = None if mask is None else mask[:, :length].to(logits.dtype)
+        signal = emphasize(x[:, 0, :length], self.preemphasis)
+        real = None if mask is None else mask[:, :length].to(signal.dtype)
+        logits, target, lpc_residual = self.teacher_forced(signal, vq_out.quantized, speaker, real)
         total = nll_bits(logits, target, real, reduction="sum")
         count = torch.tensor(float(target.numel()), device=x.device) if real is None else real.sum()
         bits = total / count.clamp(min=1)
-        return SpeechVQVAEOutput(None, bits + vq_out.loss, bits, vq_out, total.detach(), count.detach())
+        loss = bits + vq_out.loss + (0.0 if lpc_residual is None else lpc_residual)
+        return SpeechVQVAEOutput(None, loss, bits, vq_out, total.detach(), count.detach(),
+                                 None if lpc_residual is None else lpc_residual.detach())
 
     @torch.no_grad()
     def encode(self, x: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
@@ -166,10 +235,27 @@ class SpeechVQVAE(nn.Module):
         """Codes (B, L) and speaker ids -> waveforms (B, 1, L * 64) in [-1, 1], sampled sample by
         sample (cached dilated-conv state, the whole batch at once)."""
         speaker = _speaker(cond, indices.shape[0], indices.device)
-        local = self.cond_net(self.vq.embed(indices))
-        q = self.decoder.generate(indices.shape[-1] * self.hop, local, self.speaker_embedding(speaker),
-                                  temperature=temperature, generator=generator, hop=self.hop)
-        return deemphasize(mu_law_decode(q, self.mu_law_bits), self.preemphasis).unsqueeze(1)
+        local, speaker_vector = self.cond_net(self.vq.embed(indices)), self.speaker_embedding(speaker)
+        steps = indices.shape[-1] * self.hop
+        feedback, made = None, None
+        if self.lpc_order:
+            order = self.lpc_order
+            # per code, (B, order) coefficients oldest first, to meet made[:, t:t + order] as it lies
+            taps = self._predictor(local, speaker_vector).flip(1).permute(2, 0, 1).contiguous()
+            made = torch.zeros(indices.shape[0], order + steps, device=local.device, dtype=local.dtype)
+
+            def feedback(t: int, drawn: Tensor) -> Tensor:
+                """The excitation drawn at t plus the prediction from the samples made so far:
+                the sample at t, read back by the next step."""
+                past = made[:, t:t + order]  # x[t - order], ..., x[t - 1]
+                sample = (past * taps[t // self.hop]).sum(-1) + mu_law_decode(drawn, self.mu_law_bits)
+                made[:, order + t] = sample.clamp(-1.0, 1.0)
+                return mu_law_encode(made[:, order + t], self.mu_law_bits)
+
+        q = self.decoder.generate(steps, local, speaker_vector, temperature=temperature, generator=generator,
+                                  hop=self.hop, feedback=feedback)
+        signal = mu_law_decode(q, self.mu_law_bits) if made is None else made[:, self.lpc_order:]
+        return deemphasize(signal, self.preemphasis).unsqueeze(1)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, cond: dict[str, Tensor] | None = None, mask: Tensor | None = None,

@@ -21,7 +21,7 @@ two give the same samples (tests and bench/wavenet_generation.py compare them).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -200,12 +200,15 @@ class WaveNet(nn.Module):
     @torch.no_grad()
     def generate(self, num_steps: int, local: Tensor | None = None, glob: Tensor | None = None,
                  batch: int | None = None, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 hop: int = 1) -> Tensor:
+                 hop: int = 1, feedback: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         """Ancestral samples (B, num_steps) int64, one column per layer per step.
 
         `local` (B, local_channels, ceil(num_steps / hop)) holds the conditioning at `hop`
         times the output's step (the codes at their own rate: each column is used for `hop`
-        steps, as the decoder's upsampling repeats it); `glob` (B, global_channels)."""
+        steps, as the decoder's upsampling repeats it); `glob` (B, global_channels).
+        `feedback(t, drawn)`, called once per step in order, gives the next step's input classes
+        from the classes drawn at step t (default: the drawn classes themselves); the speech
+        decoder uses it when it draws an excitation but reads back the sample it makes."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         table = self.input_table()
@@ -241,8 +244,9 @@ class WaveNet(nn.Module):
                     x = (x + rs[:, :self.channels]).mul_(math.sqrt(0.5))
                     skips = rs[:, self.channels:] if skips is None else skips.add_(rs[:, self.channels:])
                 logits = self.head(skips.unsqueeze(-1)).squeeze(-1)
-                prev = self._draw(logits, temperature, u[t]).to(device)
-                out[:, t] = prev
+                drawn = self._draw(logits, temperature, u[t]).to(device)
+                out[:, t] = drawn
+                prev = drawn if feedback is None else feedback(t, drawn)
         finally:
             self.train(was_training)
         return out
@@ -250,7 +254,8 @@ class WaveNet(nn.Module):
     @torch.no_grad()
     def generate_naive(self, num_steps: int, local: Tensor | None = None, glob: Tensor | None = None,
                        batch: int | None = None, temperature: float = 1.0,
-                       generator: torch.Generator | None = None, hop: int = 1) -> Tensor:
+                       generator: torch.Generator | None = None, hop: int = 1,
+                       feedback: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         """The same draws as `generate`, re-running the whole receptive field for every step."""
         device = self.input_table().device
         batch = batch or next(t.shape[0] for t in (local, glob) if t is not None)
@@ -260,6 +265,7 @@ class WaveNet(nn.Module):
         u = self._uniforms(num_steps, batch, generator)
         field = self.receptive_field
         inputs = torch.full((batch, num_steps + 1), self.start, dtype=torch.long, device=device)
+        out = torch.empty(batch, num_steps, dtype=torch.long, device=device)
         was_training = self.training
         self.eval()
         try:
@@ -270,7 +276,8 @@ class WaveNet(nn.Module):
                 window = self.embed(inputs[:, lo:t + 1])
                 c = None if cond is None else (cond if cond.shape[-1] == 1 else cond[:, :, lo:t + 1])
                 logits = self._stack(window, c)[:, :, -1]
-                inputs[:, t + 1] = self._draw(logits, temperature, u[t]).to(device)
+                out[:, t] = self._draw(logits, temperature, u[t]).to(device)
+                inputs[:, t + 1] = out[:, t] if feedback is None else feedback(t, out[:, t])
         finally:
             self.train(was_training)
-        return inputs[:, 1:]
+        return out
