@@ -172,6 +172,11 @@ def test_the_lpc_decoder_generates_what_teacher_forcing_scores():
     assert agree > 0.99, f"generation and teacher forcing disagree on {1 - agree:.1%} of the samples"
     # the excitation differs from the samples: the predictor is in the loop
     assert (target != mu_law_encode(wave)).double().mean() > 0.3 and residual is not None
+    clone = SpeechVQVAE.from_config(model.config)  # what the registry rebuilds
+    clone.load_state_dict(model.state_dict())
+    again = clone.eval().decode_indices(codes, {"speaker": speaker}, temperature=1e-4,
+                                        generator=torch.Generator().manual_seed(2))[:, 0]
+    assert clone.lpc_order == 4 and torch.equal(again, wave)
     # cached and naive generation agree with the prediction in the loop too
     local, glob = model.cond_net(model.vq.embed(codes)), model.speaker_embedding(speaker)
     made = []

@@ -105,6 +105,15 @@ def test_speech_runs_through_the_pipeline_then_converts_voices(tmp_path, ray_loc
     models = run_job("models.py", "list", "--config", str(cfg))
     assert models.returncode == 0 and "vqvae-talk" in models.stdout and "prior-talk" in models.stdout, models.stderr
 
+    # stage 1 again: the model is done and its conversion scores stand, made with these settings;
+    # with another decoder temperature they are made again
+    client = MlflowClient(uri)
+    for extra, scored in (((), 1), (("--set", "sample.decoder_temperature=0.7"), 2)):
+        proc = run_job("stage1.py", "--config", str(cfg), *extra, env=ray_address(ray_local))
+        assert proc.returncode == 0 and "already finished" in proc.stdout, proc.stderr[-3000:]
+        assert len(client.get_metric_history(vqvae["run_id"], "conversions")) == scored
+    assert "decoder_temperature=0.7" in client.get_run(vqvae["run_id"]).data.tags["conversion_evaluated_with"]
+
 
 def _val_keys(work):
     import tarfile

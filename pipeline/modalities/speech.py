@@ -101,6 +101,10 @@ class SpeechStage2(Stage2Config):
 
 class SpeechSample(SampleConfig):
     seconds: float = Field(2.0, gt=0)  # length of each sampled utterance
+    # The WaveNet decoder's sampling temperature, for samples and conversions (sample.temperature
+    # is the prior's). Below 1 its draws stray less; with stage1.lpc_order the noise that is left
+    # takes the voice's envelope.
+    decoder_temperature: float = Field(1.0, gt=0)
     # voice conversion's evaluation (end of stage 1, jobs/convert.py --evaluate): this many val
     # utterances of every speaker, each converted to this many other speakers, cut to this long
     convert_per_speaker: int = Field(1, ge=1)

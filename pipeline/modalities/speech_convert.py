@@ -41,6 +41,7 @@ from pipeline.config import Settings
 from pipeline.errors import UserError
 from pipeline.models.speech import SPEAKER
 FRACTION = "conversion_speaker_fraction"
+EVALUATED_WITH = "conversion_evaluated_with"  # the tag holding the sample.* settings of the scores
 
 
 # ---- scores ------------------------------------------------------------------------------------------
@@ -177,14 +178,14 @@ def evaluate(settings: Settings, model, device="cpu", out_dir: str | None = None
 
     start = time.perf_counter()
     converted = convert_batch(model, [j[2] for j in jobs], [j[3] for j in jobs], device, seed=s.seed,
-                              temperature=s.temperature)
+                              temperature=s.decoder_temperature)
     seconds = time.perf_counter() - start
     sources: dict = {}  # each source once (key -> its first job), decoded with its own speaker
     for job in jobs:
         sources.setdefault(job[1], job)
     rebuilt = dict(zip(sources, convert_batch(model, [j[2] for j in sources.values()],
                                               [j[0] for j in sources.values()], device, seed=s.seed,
-                                              temperature=s.temperature)))
+                                              temperature=s.decoder_temperature)))
 
     encoder = SpeakerEncoder()
     centroid = {spk: _unit(np.mean([_unit(encoder.embed(x, rate)) for x in refs], axis=0))
@@ -239,7 +240,10 @@ def evaluate_and_log(settings: Settings, model_uri: str, force: bool = False) ->
     tracking.setup_tracking(settings.tracking_uri, settings.experiment)
     info = tracking.resolve(model_uri)
     run = MlflowClient().get_run(info["run_id"])
-    if FRACTION in run.data.metrics and not force:
+    s = settings.sample  # what the scores depend on besides the model: kept reused only when equal
+    made_with = (f"per_speaker={s.convert_per_speaker} targets={s.convert_targets} seconds={s.convert_seconds} "
+                 f"decoder_temperature={s.decoder_temperature} seed={s.seed}")
+    if FRACTION in run.data.metrics and run.data.tags.get(EVALUATED_WITH) == made_with and not force:
         return {k: v for k, v in run.data.metrics.items() if k.startswith(("conversion", "reference_mcd"))}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = tracking.load_vqvae(f"models:/{info['name']}/{info['version']}", device)
@@ -247,6 +251,7 @@ def evaluate_and_log(settings: Settings, model_uri: str, force: bool = False) ->
         metrics, files = evaluate(settings, model, device, folder)
         with mlflow.start_run(run_id=info["run_id"]) as run:
             mlflow.log_metrics(metrics)
+            mlflow.set_tag(EVALUATED_WITH, made_with)
             for path in files:
                 mlflow.log_artifact(path, "conversions")
             where = run.info.artifact_uri.removeprefix("file://")
@@ -326,7 +331,7 @@ def convert(settings: Settings, source: str, speaker: str, out: str | None = Non
         raise UserError(f"--source {source}: {len(x)} samples, shorter than one code ({model.hop} samples)")
     started = time.perf_counter()
     (y,) = convert_batch(model, [x], [target], device, seed=settings.sample.seed,
-                         temperature=settings.sample.temperature)
+                         temperature=settings.sample.decoder_temperature)
     took = time.perf_counter() - started
     folder = out or os.path.join(settings.workdir, "conversions")
     os.makedirs(folder, exist_ok=True)
