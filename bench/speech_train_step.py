@@ -2,10 +2,11 @@
 demo's decoder and the paper's, with the decoder's input read as a scalar (the default) and as an
 embedding table.
 
-    python bench/speech_train_step.py [--threads 2] [--steps 10]
+    python bench/speech_train_step.py [--threads 2] [--steps 10] [--only demo]
 
-Batch and crop as the configs train: the demo 8 x 2048 samples, the paper-size 16 x 16384. Prints
-s/step and training samples/s; the first steps (warm-up) are not timed.
+Batch and crop as the configs train: the demo 8 x 2048 samples, the paper-size 16 x 16384 (on 2 CPU
+cores several seconds a step: `--only demo` skips it). Prints s/step and training samples/s; the
+first steps (warm-up) are not timed.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pipeline.models.speech import SpeechVQVAE  # noqa: E402
 MODELS = {  # name -> (SpeechVQVAE arguments, batch, crop)
     "demo (configs/demo-speech.yaml)": (dict(codebook_size=128, code_dim=32, hidden=64, ema=True, speaker_dim=16,
                                             wavenet_channels=32, wavenet_skip=64, wavenet_layers=10,
-                                            wavenet_cycle=10, cond_channels=32), 8, 2048),
+                                            wavenet_cycle=10, cond_channels=32, lpc_order=16), 8, 2048),
     "paper-size (the defaults)": (dict(), 16, 16384),
 }
 
@@ -32,11 +33,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--only", choices=["demo", "paper"], help="one of the two models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device {device}, {torch.get_num_threads()} threads")
+    print(f"device {device}, {torch.get_num_threads()} threads", flush=True)
     for name, (kwargs, batch, crop) in MODELS.items():
+        if args.only and not name.startswith(args.only):
+            continue
         for scalar in (True, False):
             torch.manual_seed(0)
             model = SpeechVQVAE(num_speakers=10, scalar_input=scalar, **kwargs).to(device)
@@ -56,7 +60,7 @@ def main() -> None:
                 torch.cuda.synchronize()
             per_step = (time.perf_counter() - start) / args.steps
             print(f"{name}, {'scalar' if scalar else 'embedding'} input: {per_step:.3f} s/step, "
-                  f"{batch * crop / per_step:,.0f} training samples/s")
+                  f"{batch * crop / per_step:,.0f} training samples/s", flush=True)
 
 
 if __name__ == "__main__":

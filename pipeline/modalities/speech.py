@@ -79,7 +79,7 @@ class SpeechStage1(Stage1Config):
     preemphasis: float = Field(0.0, ge=0, lt=1)
     # The decoder reads each past sample as its mu-law value through a learnt linear map (true),
     # or as one of 256 learnt embeddings (false). On the demo the value learnt faster early on
-    # (6.07 against 6.34 val bits per sample after 200 steps, the same after 800) at 10 % less
+    # (6.07 against 6.34 val bits per sample after 200 steps, the same after 800) at the same
     # time per step.
     scalar_input: bool = True
     # > 0: the decoder predicts each sample linearly from the last lpc_order ones, with
