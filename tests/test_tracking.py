@@ -149,6 +149,21 @@ def test_champion_moves_only_to_a_better_version(store):
     assert tracking.resolve("models:/vqvae-t@champion")["version"] == "3"
 
 
+def test_versions_whose_metric_scores_another_signal_are_not_compared(store):
+    """Speech bits per sample of a linear predictor's excitation are not the samples' bits: a
+    champion that scored another signal (or does not say) is replaced, whatever the numbers."""
+    from pipeline.tracking.registry import METRIC_SCALE_TAG
+
+    plain, lpc = {METRIC_SCALE_TAG: "lpc_order=0"}, {METRIC_SCALE_TAG: "lpc_order=16"}
+    got = [log_and_register(store, small_vqvae(i), "vqvae-s", value, tags=tags)[2:]
+           for i, (value, tags) in enumerate([(5.5, None), (6.2, plain), (6.0, plain), (6.3, lpc), (6.4, lpc),
+                                              (6.1, lpc)])]
+    # untagged holder -> replaced; plain 6.0 beats plain 6.2; lpc replaces plain although higher;
+    # then lpc versions compare among themselves
+    assert got == [("1", True), ("2", True), ("3", True), ("4", True), ("5", False), ("6", True)]
+    assert tracking.resolve("models:/vqvae-s@champion")["version"] == "6"
+
+
 def test_child_runs_nest_under_their_parent(store):
     with tracking.start_run(store, "pipeline") as parent:
         with tracking.start_run(store, "stage1", parent_run_id=parent.info.run_id, tags={"k": 1}) as child:

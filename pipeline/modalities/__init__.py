@@ -244,6 +244,11 @@ class Modality:
 
         return draw_per_class(settings, prior, vqvae, meta, device, stem), {}
 
+    def metric_scale(self, settings) -> str | None:
+        """What `selection_metric` scores, when settings can change that (then versions are
+        compared for the champion only with versions that scored the same). None: always alike."""
+        return None
+
     def evaluate_model(self, settings, model_uri: str) -> dict:
         """Scores beyond validation's, computed once stage 1 registered the model at `model_uri`
         and logged on its MLflow run (speech: voice conversion). None here."""

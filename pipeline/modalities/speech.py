@@ -496,6 +496,12 @@ class SpeechModality(Modality):
                 paths.append(path)
         return paths
 
+    def metric_scale(self, settings) -> str | None:
+        """val_bits_per_sample scores mu-law classes of another signal with a linear predictor or
+        pre-emphasis, and per sample of another rate: versions differing in these are not compared."""
+        s1 = settings.stage1
+        return f"sample_rate={settings.data.sample_rate} lpc_order={s1.lpc_order} preemphasis={s1.preemphasis}"
+
     def evaluate_model(self, settings, model_uri: str) -> dict:
         """Voice conversion's scores, logged on the model's run (speech_convert.py)."""
         from pipeline.modalities.speech_convert import evaluate_and_log

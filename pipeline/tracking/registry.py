@@ -12,6 +12,10 @@ import re
 from pipeline.errors import UserError
 
 METRIC_TAG_PREFIX = "metric."
+# A version tag saying what its metric scores when that can differ between versions of one model
+# (speech: the samples, or a linear predictor's excitation). A holder with another one is not
+# comparable: the new version takes the alias.
+METRIC_SCALE_TAG = "metric_scale"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))$")
 
 
@@ -83,7 +87,9 @@ def register_model(
 ) -> tuple[str, bool]:
     """Register `runs:/<run_id>/<artifact_path>` as a new version of `name`; move `alias` to it
     when `value` beats the metric tag of the version holding the alias (or none holds it).
-    A non-finite value is never promoted. Ties keep the current holder. Returns (version, promoted).
+    A non-finite value is never promoted. Ties keep the current holder. When `tags` hold
+    METRIC_SCALE_TAG, a holder whose own differs (or is missing) is not comparable and loses to
+    the new version. Returns (version, promoted).
 
     Check-then-set is not atomic: two jobs registering at the same moment may both promote.
     """
@@ -116,10 +122,13 @@ def register_model(
         holder = (client.get_registered_model(name).aliases or {}).get(alias)
         best = math.nan  # a holder without a comparable metric tag loses to the new version
         if holder is not None:
+            held = client.get_model_version(name, str(holder)).tags
             try:
-                best = float(client.get_model_version(name, str(holder)).tags.get(f"{METRIC_TAG_PREFIX}{metric}", "nan"))
+                best = float(held.get(f"{METRIC_TAG_PREFIX}{metric}", "nan"))
             except ValueError:
                 pass
+            if METRIC_SCALE_TAG in version_tags and held.get(METRIC_SCALE_TAG) != version_tags[METRIC_SCALE_TAG]:
+                best = math.nan  # it scored another signal
         if holder is None or not math.isfinite(best):
             promoted = True
         else:

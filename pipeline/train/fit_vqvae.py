@@ -213,10 +213,17 @@ def train_loop_per_worker(config: dict) -> None:
     train_loop(config, lambda settings, config, rank, world, device: VQVAETask(settings, rank, world, device))
 
 
-def version_tags(metrics: dict) -> dict:
-    """What stage 2 needs from a VQ-VAE version: the decoder's bits per input dimension."""
+def version_tags(metrics: dict, settings: Settings | None = None) -> dict:
+    """What stage 2 needs from a VQ-VAE version: the decoder's bits per input dimension; and what
+    its selection metric scores, where the modality says (the registry compares only alike)."""
+    from pipeline.tracking.registry import METRIC_SCALE_TAG
+
     bits = metrics.get("val_recon_bits_per_dim")
-    return {} if bits is None else {"decoder_bits_per_dim": repr(float(bits))}
+    tags = {} if bits is None else {"decoder_bits_per_dim": repr(float(bits))}
+    scale = None if settings is None else settings.modality.metric_scale(settings)
+    if scale is not None:
+        tags[METRIC_SCALE_TAG] = scale
+    return tags
 
 
 def train_vqvae(settings: Settings) -> dict:
@@ -240,7 +247,7 @@ def train_vqvae(settings: Settings) -> dict:
         settings, stage="stage1", name=run_name(settings), registered=settings.vqvae_name, lineage=lineage,
         loop=train_loop_per_worker, loop_config={}, max_failures=settings.stage1.max_failures,
         build=lambda: build_model(settings), metric=modality.selection_metric, key_metrics=modality.key_metrics,
-        version_tags=version_tags, summary=summary)
+        version_tags=lambda metrics: version_tags(metrics, settings), summary=summary)
     scores = modality.evaluate_model(settings, f"models:/{done['name']}/{done['version']}")
     if scores:
         print(f"stage1 {settings.data.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())),
