@@ -124,9 +124,7 @@ def draw_per_class(settings: Settings, prior, vqvae, meta: dict, device, stem: s
     torch.manual_seed(s.seed)  # decoders that sample (WaveNet) draw from the global generator
     with torch.no_grad():
         cond_dev = None if cond is None else {k: v.to(device) for k, v in cond.items()}
-        # a decoder that samples may have its own temperature (speech: sample.decoder_temperature)
-        extra = {"temperature": s.decoder_temperature} if hasattr(s, "decoder_temperature") else {}
-        x = vqvae.decode_indices(codes.to(device), cond_dev, **extra).float().cpu()
+        x = vqvae.decode_indices(codes.to(device), cond_dev, **settings.modality.decoder_options(s)).float().cpu()
     bounds = [sum(groups[:i]) for i in range(len(groups) + 1)]
     rows = [list(x[bounds[i]:bounds[i + 1]]) for i in range(len(groups))]
     return settings.modality.write(rows, stem, settings.data)

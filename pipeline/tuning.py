@@ -347,14 +347,6 @@ def _log_trial_model(settings: Settings, search: str, row: dict, lineage: dict) 
                                                      "tune_search": search, "tune_trial": row["trial"]})
 
 
-def _scale_tag(settings) -> dict:
-    """What the selection metric scores, as stage 1 tags its versions (tracking.register_model)."""
-    from pipeline.tracking.registry import METRIC_SCALE_TAG
-
-    scale = settings.modality.metric_scale(settings)
-    return {} if scale is None else {METRIC_SCALE_TAG: scale}
-
-
 def _decoder_bits(client, run_id: str) -> dict:
     """The version tag stage 2 reads: the trial's last val_recon_bits_per_dim."""
     history = client.get_metric_history(run_id, "val_recon_bits_per_dim")
@@ -383,7 +375,8 @@ def _finish(settings: Settings, search: str, parent: str, rows: list[dict], line
         best["run_id"], "model", registered, metric=metric, value=best[final],
         tags={**{k: str(v) for k, v in lineage.items()}, "ray_run": f"{search}-{best['trial']}",
               "tune_search": search, "tune_trial": best["trial"], "key_metrics": ",".join(key_metrics),
-              **_decoder_bits(client, best["run_id"]), **_scale_tag(settings)})
+              **_decoder_bits(client, best["run_id"]),
+              **tracking.scale_tags(settings.modality.metric_scale(settings))})
     with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
         with open(os.path.join(tmp, "trials.txt"), "w") as f:
             f.write(table + "\n")

@@ -244,6 +244,11 @@ class Modality:
 
         return draw_per_class(settings, prior, vqvae, meta, device, stem), {}
 
+    def decoder_options(self, sample: SampleConfig) -> dict:
+        """Keyword arguments of the VQ-VAE's decode_indices when sampling (speech: the WaveNet's
+        temperature). None here."""
+        return {}
+
     def metric_scale(self, settings) -> str | None:
         """What `selection_metric` scores, when settings can change that (then versions are
         compared for the champion only with versions that scored the same). None: always alike."""

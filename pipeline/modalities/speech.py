@@ -496,6 +496,9 @@ class SpeechModality(Modality):
                 paths.append(path)
         return paths
 
+    def decoder_options(self, sample: SpeechSample) -> dict:
+        return {"temperature": sample.decoder_temperature}
+
     def metric_scale(self, settings) -> str | None:
         """val_bits_per_sample scores mu-law classes of another signal with a linear predictor or
         pre-emphasis, and per sample of another rate: versions differing in these are not compared."""

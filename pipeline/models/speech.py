@@ -237,25 +237,28 @@ class SpeechVQVAE(nn.Module):
         speaker = _speaker(cond, indices.shape[0], indices.device)
         local, speaker_vector = self.cond_net(self.vq.embed(indices)), self.speaker_embedding(speaker)
         steps = indices.shape[-1] * self.hop
-        feedback, made = None, None
-        if self.lpc_order:
-            order = self.lpc_order
-            # per code, (B, order) coefficients oldest first, to meet made[:, t:t + order] as it lies
-            taps = self._predictor(local, speaker_vector).flip(1).permute(2, 0, 1).contiguous()
-            made = torch.zeros(indices.shape[0], order + steps, device=local.device, dtype=local.dtype)
-
-            def feedback(t: int, drawn: Tensor) -> Tensor:
-                """The excitation drawn at t plus the prediction from the samples made so far:
-                the sample at t, read back by the next step."""
-                past = made[:, t:t + order]  # x[t - order], ..., x[t - 1]
-                sample = (past * taps[t // self.hop]).sum(-1) + mu_law_decode(drawn, self.mu_law_bits)
-                made[:, order + t] = sample.clamp(-1.0, 1.0)
-                return mu_law_encode(made[:, order + t], self.mu_law_bits)
-
+        feedback, made = self.excitation_feedback(local, speaker_vector, steps) if self.lpc_order else (None, None)
         q = self.decoder.generate(steps, local, speaker_vector, temperature=temperature, generator=generator,
                                   hop=self.hop, feedback=feedback)
         signal = mu_law_decode(q, self.mu_law_bits) if made is None else made[:, self.lpc_order:]
         return deemphasize(signal, self.preemphasis).unsqueeze(1)
+
+    def excitation_feedback(self, local: Tensor, speaker_vector: Tensor, steps: int) -> tuple:
+        """For generation with the linear predictor: the WaveNet's `feedback` (each drawn
+        excitation plus the prediction from the samples made so far is the sample at t, which the
+        next step reads) and the (B, lpc_order + steps) buffer it fills, zeros before the start."""
+        order = self.lpc_order
+        # per code, (B, order) coefficients oldest first, to meet made[:, t:t + order] as it lies
+        taps = self._predictor(local, speaker_vector).flip(1).permute(2, 0, 1).contiguous()
+        made = torch.zeros(local.shape[0], order + steps, device=local.device, dtype=local.dtype)
+
+        def feedback(t: int, drawn: Tensor) -> Tensor:
+            past = made[:, t:t + order]  # x[t - order], ..., x[t - 1]
+            sample = (past * taps[t // self.hop]).sum(-1) + mu_law_decode(drawn, self.mu_law_bits)
+            made[:, order + t] = sample.clamp(-1.0, 1.0)
+            return mu_law_encode(made[:, order + t], self.mu_law_bits)
+
+        return feedback, made
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, cond: dict[str, Tensor] | None = None, mask: Tensor | None = None,

@@ -12,10 +12,15 @@ import re
 from pipeline.errors import UserError
 
 METRIC_TAG_PREFIX = "metric."
-# A version tag saying what its metric scores when that can differ between versions of one model
-# (speech: the samples, or a linear predictor's excitation). A holder with another one is not
-# comparable: the new version takes the alias.
+# A version tag saying what its metric scores when settings can change that between versions of
+# one model (Modality.metric_scale). A holder with another one is not comparable: the new version
+# takes the alias.
 METRIC_SCALE_TAG = "metric_scale"
+
+
+def scale_tags(scale: str | None) -> dict:
+    """The version tags saying what the metric scores (none when it is always alike)."""
+    return {} if scale is None else {METRIC_SCALE_TAG: scale}
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))$")
 
 

@@ -213,17 +213,14 @@ def train_loop_per_worker(config: dict) -> None:
     train_loop(config, lambda settings, config, rank, world, device: VQVAETask(settings, rank, world, device))
 
 
-def version_tags(metrics: dict, settings: Settings | None = None) -> dict:
+def version_tags(metrics: dict, settings: Settings) -> dict:
     """What stage 2 needs from a VQ-VAE version: the decoder's bits per input dimension; and what
     its selection metric scores, where the modality says (the registry compares only alike)."""
-    from pipeline.tracking.registry import METRIC_SCALE_TAG
+    from pipeline.tracking import scale_tags
 
     bits = metrics.get("val_recon_bits_per_dim")
     tags = {} if bits is None else {"decoder_bits_per_dim": repr(float(bits))}
-    scale = None if settings is None else settings.modality.metric_scale(settings)
-    if scale is not None:
-        tags[METRIC_SCALE_TAG] = scale
-    return tags
+    return {**tags, **scale_tags(settings.modality.metric_scale(settings))}
 
 
 def train_vqvae(settings: Settings) -> dict:
