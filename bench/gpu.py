@@ -17,8 +17,11 @@ in the training process and in --workers DataLoader worker processes (ray.loader
 copied without waiting; each step is split into the time spent waiting for the batch and the
 time computing it.
 
-Codes dumping is the codes actor's work (`encode`, batch 256, fp32 as the actor runs it, and
-under bf16 autocast). Prior sampling is the class-conditional Gated PixelCNN of
+Codes dumping is the codes actor's work (`encode`, batch 256): on a GPU it runs bf16 autocast
+and channels-last (`codes.bf16: true`, the default), fp32 with `codes.bf16: false`; the other
+variants are for comparison. With --shards, also what one process decodes for it (the codes
+job's `decode_shard`, which runs in Ray Data tasks on every CPU): the job's CPU bound is that
+figure times the CPUs the cluster gives those tasks. Prior sampling is the class-conditional Gated PixelCNN of
 configs/imagenet.yaml over a 32x32 grid: `GatedPixelCNN.sample` runs one forward per position,
 on the rows up to it; one whole sampling call is timed.
 
@@ -204,13 +207,15 @@ def bench_codes(sizes: dict, device: torch.device, args) -> list[dict]:
     model = vqvae(sizes).to(device).eval()
     x = torch.randn(sizes["codes_batch"], 3, sizes["image"], sizes["image"], device=device)
     rows = []
-    cuda = device.type == "cuda"
-    bf16 = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
-    variants = [("fp32 (the codes actor)", nullcontext(), False), ("fp32, channels-last", nullcontext(), True),
-                ("bf16 autocast", bf16, False), ("bf16 autocast, channels-last", bf16, True)]
+    if device.type == "cuda":
+        bf16 = torch.autocast("cuda", dtype=torch.bfloat16)
+        variants = [("fp32, channels-first", nullcontext(), False),
+                    ("fp32, channels-last (the actor with codes.bf16: false)", nullcontext(), True),
+                    ("bf16 autocast, channels-first", bf16, False),
+                    ("bf16 autocast, channels-last (the actor)", bf16, True)]
+    else:
+        variants = [("fp32 (the actor on a CPU)", nullcontext(), False)]
     for name, autocast, channels_last in variants:
-        if autocast is None:
-            continue
         fmt_ = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=fmt_)
         xs = x.contiguous(memory_format=fmt_)
@@ -220,7 +225,21 @@ def bench_codes(sizes: dict, device: torch.device, args) -> list[dict]:
                 model.encode(xs)
         seconds = timed(encode, device, args.warmup, args.steps, args.repeats)
         rows.append({"variant": name, "images_per_s": sizes["codes_batch"] / seconds})
+    if args.shards:
+        rows.append({"variant": "decoding for it, 1 CPU process (decode_shard)", "images_per_s": decode_rate(args.shards)})
     return rows
+
+
+def decode_rate(shards: str) -> float:
+    """Images/s one process decodes for the codes job (`decode_shard` over the first train shard)."""
+    from pipeline.codes import decode_shard
+    from pipeline.data.reader import shard_urls
+
+    _, urls = shard_urls(shards, "train")
+    decode_shard({"path": urls[0], "split": "train"}, "image", ["labels"])  # warm: imports, file cache
+    start = time.perf_counter()
+    n = len(decode_shard({"path": urls[0], "split": "train"}, "image", ["labels"]))
+    return n / (time.perf_counter() - start)
 
 
 def bench_prior(sizes: dict, device: torch.device, args) -> list[dict]:

@@ -14,8 +14,9 @@ tasks to share):
   that many CPUs (start-up excluded: a cluster is up before a job runs; each figure is the best of
   --repeats runs after a warm-up run, so worker processes are warm as on a running cluster);
 - **decoded samples/s per input process:** the train shards read back by stage 1's own stream
-  (`TrainStream`: tar reading, decoding, the stage's crop, batching) in this one process, which is
-  what each of a training worker's `ray.loader_workers` processes does.
+  (`TrainStream`: tar reading, decoding, the stage's crop, batching) in this one process, and in
+  one DataLoader worker process that hands its batches over (what each of a training worker's
+  `ray.loader_workers` processes does; pixels cross as uint8 and become floats on the device).
 
 The speed-up column is against the one-process `write_shard`; for images also against the Pillow
 loop, the baseline the figures in the README's table started from. First it prints what two
@@ -39,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.data import shard as sharding  # noqa: E402
-from pipeline.data.reader import SkipCounter, TrainStream, shard_urls  # noqa: E402
+from pipeline.data.reader import SkipCounter, TrainStream, loader, shard_urls  # noqa: E402
 
 CONFIGS = {"image": "demo.yaml", "speech": "demo-speech.yaml", "video": "demo-video.yaml"}
 # shards small enough that 2 CPUs share 18 tasks or more (the demos' shard sizes give 5-7 here)
@@ -119,13 +120,16 @@ def one_process(settings, out: Path) -> tuple[int, float]:
     return sum(len(v) for v in listing.splits.values()), time.perf_counter() - start
 
 
-def decode_rate(settings, seconds: float = 5.0) -> tuple[float, int]:
-    """Stage 1's train stream in this process: (samples/s over ~`seconds`, samples read)."""
+def decode_rate(settings, workers: int, seconds: float = 5.0) -> tuple[float, int]:
+    """Stage 1's train stream (`loader`) decoded in this process (workers 0) or in one loader
+    worker process that hands its batches to this one (workers 1, what each of
+    `ray.loader_workers` does): (samples/s over ~`seconds`, samples read)."""
     _, urls = shard_urls(settings.shards_dir, "train")
     s1 = settings.stage1
     stream = TrainStream(urls, s1.batch_size, s1.seed, 0, settings.modality, "bench", crop=s1, crop_seed=1)
-    batches = iter(stream)
-    next(batches)  # the shuffle buffer's first fill is not steady state
+    batches = loader(stream, workers, False, SkipCounter())
+    for _ in range(1 + 4 * workers):  # the shuffle buffer's first fill (and the prefetch) is not steady state
+        next(batches)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         n += next(batches).x.shape[0]
@@ -177,7 +181,8 @@ def bench(modality: str, tmp: Path, a) -> None:
         rows.append((f"Ray Data (shard_dataset), {cpus} CPU", best))
         ray.shutdown()
 
-    rate, read = decode_rate(settings)
+    rate, read = decode_rate(settings, 0)
+    worker_rate, _ = decode_rate(settings, 1)
     manifest = sharding.load_manifest(settings.shards_dir)
     samples = sum(v["samples"] for v in manifest["splits"].values())
     print(f"\n{modality}: {inputs} {unit} -> {samples} samples in "
@@ -188,7 +193,8 @@ def bench(modality: str, tmp: Path, a) -> None:
         extra = f"  {r / rows[0][1]:13.2f}x" if modality == "image" else ""
         print(f"{name:36s} {r:13.1f} {r / base:8.2f}x{extra}")
     print(f"decoded by stage 1's train stream, 1 process: {rate:.1f} samples/s "
-          f"({read} samples of batch {settings.stage1.batch_size})")
+          f"({read} samples of batch {settings.stage1.batch_size}); through one loader worker "
+          f"process: {worker_rate:.1f} samples/s")
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ def plain_loop(settings: Settings, threads: int, warmup: int, keep_freed: bool =
     for step in range(1, s1.steps + 1):
         if step == warmup + 1:
             clock = window = time.perf_counter()
-        batch = next(batches)
+        batch = next(batches).to("cpu")  # as the stage does: uint8 pixels become floats
         loss = model(batch.x, batch.cond, batch.mask).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

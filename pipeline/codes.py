@@ -9,9 +9,11 @@ pipeline/data/codeset.py:
     <workdir>/codes/<dataset>/v<version>/manifest.json           model, K, conditioning, rows
 
 Shards are opened inside Ray Data tasks with tarfile (not `read_webdataset`, which mis-groups
-members that are not stored together, ray #44068, and builds a DataFrame per sample), and
-`codes.actors` actors each load the model once; the modality turns a sample's members into model
-input (`from_members`, `collate`). Every split goes through one Ray Data pass (one actor pool, the
+members that are not stored together, ray #44068, and builds a DataFrame per sample), where the
+modality also turns each sample's members into model input (`from_members`; pixels stay uint8):
+decoding runs on every CPU of the cluster, in parallel, and `codes.actors` actors, which each load
+the model once, only batch (`collate`) and encode. (Decoding in the actor capped a GPU actor at one
+core's PNG decoding, ~1,800 128x128 images/s, a tenth of what its GPU encodes.) Every split goes through one Ray Data pass (one actor pool, the
 model loaded once per actor), its rows partitioned into a folder per split by `write_parquet`, in
 a temporary folder that is renamed into place; the manifest is written last, so a folder without
 one is unfinished. A sample that does not decode, or the rest of a damaged tar, is skipped and
@@ -26,6 +28,7 @@ import shutil
 import sys
 import tarfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -61,6 +64,35 @@ def read_shard(row: dict) -> list[dict]:
             for k, s in samples.items()]
 
 
+def _plain(value):
+    """A conditioning value as the modality made it (an int, a list of ints), from Ray Data's numpy."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def decode_shard(row: dict, modality: str, cond: list[str]) -> list[dict]:
+    """One Ray Data task: every sample of one tar (`read_shard`) as the model's input `x` (a
+    numpy array: uint8 pixels, float audio), its conditioning (`cond/<name>` columns: every
+    sample has the shard manifest's `cond`), key and split. A sample that does not decode is
+    left out (skipped, and counted by `dump_codes`)."""
+    kind = modalities.get(modality)
+    rows = []
+    for sample in read_shard(row):
+        try:
+            item = kind.from_members(dict(zip(sample["exts"], sample["payloads"])))
+            missing = sorted(set(cond) - set(item.cond))
+            if missing:
+                raise ValueError(f"no {', '.join(missing)} conditioning")
+        except Exception as e:  # noqa: BLE001 - a corrupt sample is skipped, not fatal
+            print(f"codes: sample {sample['key']} of {row['path']}: does not decode ({e}); skipped",
+                  file=sys.stderr, flush=True)
+            continue
+        rows.append({"key": sample["key"], "split": sample["split"], "x": item.x.numpy(),
+                     **{f"cond/{name}": item.cond[name] for name in cond}})
+    return rows
+
+
 MAX_PADDED_INPUT = 2**22  # input elements of one encoder call when sample shapes vary (~16 MB)
 
 
@@ -83,40 +115,47 @@ def _chunks(items: list) -> list[list]:
 
 
 class EncoderActor:
-    """Holds the VQ-VAE for the life of the actor; each call encodes one batch of samples.
-    A sample that does not decode is left out (skipped, and counted by `dump_codes`)."""
+    """Holds the VQ-VAE for the life of the actor; each call encodes one batch of decoded samples
+    (`decode_shard`'s rows)."""
 
-    def __init__(self, uri: str, tracking_uri: str, dtype: str, modality: str):
+    def __init__(self, uri: str, tracking_uri: str, dtype: str, modality: str, cond: list[str], bf16: bool):
         import mlflow
         import torch
 
         from pipeline import tracking
+        from pipeline.models import autocast_on, runs_channels_last
         from pipeline.runtime import keep_freed_memory
 
         keep_freed_memory()
         mlflow.set_tracking_uri(tracking_uri)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = tracking.load_vqvae(uri, self.device)
+        # as stage 1 runs it on a GPU: channels-last 2-D convs, bf16 autocast unless codes.bf16 is off
+        self.channels_last = runs_channels_last(self.model, self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast = autocast_on(self.device) if bf16 else nullcontext()
         self.dtype = np.dtype(dtype)
         self.modality = modalities.get(modality)
+        self.cond = cond
 
     def __call__(self, batch: dict):
         import pyarrow as pa
+        import torch
 
-        items, splits = [], []
-        for key, exts, payloads, split in zip(batch["key"], batch["exts"], batch["payloads"], batch["split"]):
-            try:
-                item = self.modality.from_members({str(e): bytes(p) for e, p in zip(exts, payloads)})
-            except Exception as e:  # noqa: BLE001 - a corrupt sample is skipped, not fatal
-                print(f"codes: sample {key}: does not decode ({e}); skipped", file=sys.stderr, flush=True)
-                continue
-            item.key = str(key)
-            items.append(item)
-            splits.append(str(split))
+        from pipeline.modalities import Item
+
+        xs = batch["x"]  # (B, *shape) when every sample has one shape, else an array of arrays
+        xs = torch.from_numpy(np.array(xs)) if xs.dtype != object else [torch.from_numpy(np.array(x)) for x in xs]
+        items = [Item(x, {name: _plain(batch[f"cond/{name}"][i]) for name in self.cond}, str(key))
+                 for i, (key, x) in enumerate(zip(batch["key"], xs))]
+        splits = [str(split) for split in batch["split"]]
         codes: list[np.ndarray] = []
         for chunk in _chunks(items):
-            x = self.modality.collate(chunk).to(self.device)
-            indices = self.model.encode(x.x, x.cond).cpu().numpy()
+            batch = self.modality.collate(chunk).to(self.device)
+            x = batch.x.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.x
+            with self.autocast:
+                indices = self.model.encode(x, batch.cond).cpu().numpy()
             for i, item in enumerate(chunk):  # each sample's own codes, without the batch's padding
                 shape = self.model.latent_shape(tuple(item.x.shape[1:]))
                 codes.append(indices[(i, *(slice(0, n) for n in shape))])
@@ -126,9 +165,10 @@ class EncoderActor:
 
 
 def _encode_splits(urls: dict[str, list[str]], out: str, uri: str, tracking_uri: str, dtype: np.dtype,
-                   settings: Settings, gpu: bool, label: str = "codes", total: int | None = None) -> None:
-    """Encode every sample of `urls` ({split: shard paths}) into Parquet files under
-    `out/<split>/`, showing samples encoded."""
+                   settings: Settings, gpu: bool, cond_names: list[str], label: str = "codes",
+                   total: int | None = None) -> None:
+    """Encode every sample of `urls` ({split: shard paths}; its conditioning `cond_names`) into
+    Parquet files under `out/<split>/`, showing samples encoded."""
     counted: dict[str, int] = {}
 
     def encoded() -> int:  # rows in the Parquet files written so far (a file being written: later)
@@ -143,18 +183,20 @@ def _encode_splits(urls: dict[str, list[str]], out: str, uri: str, tracking_uri:
         return sum(counted.values())
 
     with progress.polled(encoded, label, total, "samples"):
-        _encode(urls, out, uri, tracking_uri, dtype, settings, gpu)
+        _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names)
 
 
-def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu) -> None:
+def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names) -> None:
     import ray
 
     tars = [{"path": u, "split": split} for split, paths in urls.items() for u in paths]
+    cond = list(cond_names)
     (
         ray.data.from_items(tars, override_num_blocks=len(tars))
-        .flat_map(read_shard)
+        .flat_map(decode_shard, fn_kwargs={"modality": settings.data.modality, "cond": cond})
         .map_batches(EncoderActor, fn_constructor_kwargs={"uri": uri, "tracking_uri": tracking_uri,
-                                                          "dtype": dtype.name, "modality": settings.data.modality},
+                                                          "dtype": dtype.name, "modality": settings.data.modality,
+                                                          "cond": cond, "bf16": settings.codes.bf16},
                      compute=ray.data.ActorPoolStrategy(size=settings.codes.actors), num_gpus=1 if gpu else 0,
                      batch_size=settings.codes.batch_size, batch_format="numpy")
         # out/train/*.parquet, out/val/*.parquet: folders named by the split alone (the column
@@ -193,9 +235,11 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
     from pipeline import tracking
 
     uri = settings.tracking_uri
-    # What the codes are made from: the exact model (run and weights) and the exact shards.
+    # What the codes are made from: the exact model (run and weights), the exact shards, and the
+    # autocast the encoder runs under on a GPU (codes.bf16).
     identity = {"vqvae_run_id": info["run_id"], "weights_sha256": tracking.weights_digest(pinned),
-                "shards_manifest_sha256": manifest_digest(shards_manifest)}
+                "shards_manifest_sha256": manifest_digest(shards_manifest),
+                "gpu_autocast": "bf16" if settings.codes.bf16 else "none"}
     done = codeset.load_manifest(out)
     if done is not None and not settings.overwrite:
         if done.get("identity") == identity:
@@ -231,6 +275,7 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
                            "shards_manifest": f"{settings.shards_dir}/manifest.json",
                            "batch_size": settings.codes.batch_size})
         _encode_splits({s: urls[s] for s in SPLITS}, tmp, pinned, uri, dtype, settings, gpu,
+                       list(shard_cond(shards_manifest)),
                        label=f"codes {settings.data.name}",
                        total=sum(shards_manifest["splits"][s]["samples"] for s in SPLITS))
         rows = {split: _parquet_rows(f"{tmp}/{split}") for split in SPLITS}

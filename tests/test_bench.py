@@ -32,3 +32,5 @@ def test_gpu_benchmark_runs_at_cpu_sizes_with_consistent_figures(gpu_bench, demo
     assert "loader_workers=0" in in_process["feed"] and "loader_workers=1" in one_worker["feed"]
     assert 0 <= one_worker["data_wait_pct"] <= 100 and one_worker["images_per_s"] > 0
     assert result["codes"][0]["images_per_s"] > 0 and result["prior"][0]["grids_per_s"] > 0
+    # with --shards, what one process decodes for the codes job (its CPU bound, per CPU)
+    assert "decode_shard" in result["codes"][-1]["variant"] and result["codes"][-1]["images_per_s"] > 0

@@ -96,7 +96,7 @@ def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
     # the stored codes are the registered model's encoding of the val images
     vqvae = tracking.load_vqvae("models:/vqvae-t/1")
     _, urls = shard_urls(settings.shards_dir, "val")
-    x = next(eval_batches(urls[:1], 1000, 0, 1, settings.modality, SkipCounter())).x
+    x = next(eval_batches(urls[:1], 1000, 0, 1, settings.modality, SkipCounter())).to("cpu").x
     codes, _, keys = read_codes(folder, "val")
     with tarfile.open(urls[0]) as tar:
         first_keys = list(dict.fromkeys(m.name.rpartition(".")[0] for m in tar))

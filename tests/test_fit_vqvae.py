@@ -81,7 +81,7 @@ def test_trains_logs_registers_and_reloads(tmp_path, ray_local, demo_raw, demo_s
     trained.load_state_dict(state["model"])
     trained.eval()
     _, urls = shard_urls(settings.shards_dir, "val")
-    batch = next(eval_batches(urls, 16, 0, 1, settings.modality, SkipCounter()))
+    batch = next(eval_batches(urls, 16, 0, 1, settings.modality, SkipCounter())).to("cpu")
     with torch.no_grad():
         assert torch.equal(loaded(batch.x).recon, trained(batch.x).recon)
     # the version tells stage 2 the decoder's bits per dim

@@ -255,4 +255,6 @@ def test_loader_batches_arrive_pinned_and_copy_to_cuda(shards):
     assert batch.x.is_pinned() and all(v.is_pinned() for v in batch.cond.values())
     on_gpu = batch.to(CUDA)
     torch.cuda.synchronize()
-    assert on_gpu.x.is_cuda and torch.equal(on_gpu.x.cpu(), batch.x)
+    # uint8 pixels cross pinned and become the same floats on the GPU as on the CPU
+    assert batch.x.dtype == torch.uint8 and on_gpu.x.is_cuda and on_gpu.x.dtype == torch.float32
+    assert torch.equal(on_gpu.x.cpu(), batch.to("cpu").x)

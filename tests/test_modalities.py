@@ -73,11 +73,16 @@ def test_members_are_bytes_under_plain_extensions_and_read_back(demo):
     modality, data, _, members, items = demo
     for m, item in zip(members, items):
         assert m and all(isinstance(v, bytes) and re.fullmatch(r"[a-z0-9.]+", k) for k, v in m.items())
-        assert isinstance(item, Item) and item.x.dtype == torch.float32
+        # floats, or pixels kept uint8 through the loader that Batch.to turns into floats
+        assert isinstance(item, Item) and item.x.dtype in (torch.float32, torch.uint8)
         shape = modality.sample_shape(data)
         if shape is not None:
             assert tuple(item.x.shape[1:]) == tuple(shape)
-        assert torch.isfinite(item.x).all() and item.x.abs().max() <= 1  # [-0.5, 0.5] images, [-1, 1] audio
+        x = modality.collate([item]).to("cpu").x[0]
+        assert x.dtype == torch.float32 and x.shape == item.x.shape
+        assert torch.isfinite(x).all() and x.abs().max() <= 1  # [-0.5, 0.5] images, [-1, 1] audio
+        if item.x.dtype == torch.uint8:
+            assert torch.equal(x, item.x.float() / 255 - 0.5)
 
 
 def test_preprocess_refuses_junk_with_a_reason(demo):
@@ -93,7 +98,7 @@ def test_models_batches_metrics_and_files_fit_together(demo, tmp_path):
     modality, data, listing, _, items = demo
     stage1 = tiny(modality.Stage1Config, TINY_STAGE1)
     items = [modality.crop(item, stage1, random.Random(0)) for item in items]  # what training sees
-    batch = modality.collate(items)
+    batch = modality.collate(items).to("cpu")  # what a model gets: x in its space
     assert isinstance(batch, Batch) and len(batch) == len(items)
     assert set(batch.cond) == set(listing.cond)
     assert (batch.mask is None) == (modality.sample_shape(data) is not None)

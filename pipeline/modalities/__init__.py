@@ -77,9 +77,18 @@ class Listing:
     skipped: list[dict] = field(default_factory=list)  # {path, reason}: inputs the listing could not take
 
 
+def pixels_to_model(x: Tensor) -> Tensor:
+    """uint8 pixels (0-255) -> float in [-0.5, 0.5], the model space of images and video, on
+    x's device. Readers keep pixels uint8 up to `Batch.to`: a quarter of the bytes through the
+    loader processes, pinned memory and the host-to-device copy, and no float conversion on the
+    decoding cores (a GPU does it in microseconds)."""
+    return x.float().div_(255.0).sub_(0.5)
+
+
 @dataclass
 class Item:
-    """One sample as the model sees it: x (C, *spatial) float, its conditioning ids."""
+    """One sample: x (C, *spatial), float as the model sees it or uint8 pixels that `Batch.to`
+    maps with `pixels_to_model`; its conditioning ids."""
     x: Tensor
     cond: dict[str, Any] = field(default_factory=dict)
     key: str = ""
@@ -87,8 +96,9 @@ class Item:
 
 @dataclass
 class Batch:
-    """x (B, C, *spatial); cond: name -> (B,) or (B, T) int64; mask (B, *spatial) bool where
-    lengths vary (True on real positions), else None."""
+    """x (B, C, *spatial), float, or uint8 pixels until `to` puts it on a device; cond: name ->
+    (B,) or (B, T) int64; mask (B, *spatial) bool where lengths vary (True on real positions),
+    else None. What a model gets is `batch.to(device)`."""
     x: Tensor
     cond: dict[str, Tensor] = field(default_factory=dict)
     mask: Tensor | None = None
@@ -96,8 +106,12 @@ class Batch:
     skipped: int = 0  # corrupt samples the reader skipped since its previous batch
 
     def to(self, device) -> "Batch":
-        """On `device`; the copies do not wait when the batch is in pinned memory."""
-        return Batch(self.x.to(device, non_blocking=True),
+        """On `device`, x in the model's space (uint8 pixels become floats there, after the copy);
+        the copies do not wait when the batch is in pinned memory."""
+        import torch
+
+        x = self.x.to(device, non_blocking=True)
+        return Batch(pixels_to_model(x) if x.dtype == torch.uint8 else x,
                      {k: v.to(device, non_blocking=True) for k, v in self.cond.items()},
                      None if self.mask is None else self.mask.to(device, non_blocking=True), self.keys, self.skipped)
 

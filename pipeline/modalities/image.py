@@ -22,7 +22,7 @@ from pydantic import Field
 
 from pipeline.models.metrics import gaussian_bits_per_dim, psnr
 from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
-                                 register)
+                                 pixels_to_model, register)
 
 if TYPE_CHECKING:  # torch only where tensors are made: sharding (Ray Data's workers) needs none
     import torch
@@ -116,11 +116,16 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.array(img.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy shares it
 
 
-def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 HWC -> float (C, H, W) in [-0.5, 0.5]."""
+def to_chw(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 HWC -> uint8 (C, H, W), contiguous (what the readers batch; `Batch.to` makes floats)."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0).sub_(0.5)
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 HWC -> float (C, H, W) in [-0.5, 0.5]."""
+    return pixels_to_model(to_chw(pixels))
 
 
 def to_pixels(x: torch.Tensor) -> np.ndarray:
@@ -194,7 +199,7 @@ class ImageModality(Modality):
         return {"png": encode_png(pixels), "cls": str(label).encode()}
 
     def from_members(self, members: dict[str, bytes]) -> Item:
-        return Item(to_tensor(decode_png(members["png"])), {COND: int(members["cls"])})
+        return Item(to_chw(decode_png(members["png"])), {COND: int(members["cls"])})
 
     def sample_shape(self, data: ImageData) -> tuple[int, ...]:
         return (data.image_size, data.image_size)

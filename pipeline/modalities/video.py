@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 
 from pipeline.errors import UserError
 from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
-                                 register)
+                                 pixels_to_model, register)
 from pipeline.modalities.image import decode_png, encode_png, grid, mse_metrics, to_pixels
 from pipeline.sections import SampleConfig, Stage1Config, Stage2Config
 
@@ -216,11 +216,16 @@ def png_to_frames(data: bytes) -> np.ndarray:
     return pixels.reshape(h // w, w, w, 3)
 
 
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-0.5, 0.5]."""
+def to_cthw(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> uint8 (3, T, H, W), contiguous (what the readers batch)."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(255.0).sub_(0.5)
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-0.5, 0.5]."""
+    return pixels_to_model(to_cthw(frames))
 
 
 def video_pixels(x: torch.Tensor) -> np.ndarray:
@@ -500,7 +505,7 @@ class VideoModality(Modality):
             cond[ACTIONS] = actions
         if "cls" in members:
             cond[CLASSES] = int(members["cls"])
-        return Item(to_tensor(frames), cond)
+        return Item(to_cthw(frames), cond)
 
     def sample_shape(self, data: VideoData) -> tuple[int, ...]:
         return (data.frames, data.frame_size, data.frame_size)

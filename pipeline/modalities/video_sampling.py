@@ -58,6 +58,7 @@ def _val_windows(settings, count: int):
     skips = SkipCounter(f"the val shards of {settings.shards_dir}")
     items = []
     for batch in eval_batches(urls, 64, 0, 1, modality, skips):
+        batch = batch.to("cpu")  # pixels as floats
         items += [(batch.x[i], {k: v[i] for k, v in batch.cond.items()}, batch.keys[i]) for i in range(len(batch))]
         if len(items) >= 64 * count:
             break

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -13,10 +12,10 @@ def device_and_autocast():
     """The worker's device (a GPU when Ray gave one) and the autocast to train under (bf16 on GPU)."""
     import ray.train.torch
 
+    from pipeline.models import autocast_on
+
     device = ray.train.torch.get_device()
-    if device.type == "cuda":
-        return device, torch.autocast("cuda", dtype=torch.bfloat16)
-    return device, nullcontext()
+    return device, autocast_on(device)
 
 
 def save_checkpoint(state: dict, folder: str):

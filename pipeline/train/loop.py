@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.config import Settings
 from pipeline.modalities import Batch
+from pipeline.models import runs_channels_last
 from pipeline.progress import StepFile
 from pipeline.runtime import keep_freed_memory
 from pipeline.train.common import RankZeroMlflow, device_and_autocast, load_checkpoint, report
@@ -64,9 +65,7 @@ def train_loop(config: dict, make_task: Callable[[Settings, dict, int, int, torc
 
     torch.manual_seed(s.seed)  # same initial weights (and codebook) on every rank
     model = task.build().to(device)
-    # Channels-last image convs: 1.3x the images/s of stage 1 on an H100 under bf16 (bench/gpu.py).
-    channels_last = device.type == "cuda" and getattr(model, "role", "") == "autoencoder" \
-        and getattr(model, "spatial_dims", 0) == 2
+    channels_last = runs_channels_last(model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
