@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -258,3 +259,34 @@ def test_loader_batches_arrive_pinned_and_copy_to_cuda(shards):
     # uint8 pixels cross pinned and become the same floats on the GPU as on the CPU
     assert batch.x.dtype == torch.uint8 and on_gpu.x.is_cuda and on_gpu.x.dtype == torch.float32
     assert torch.equal(on_gpu.x.cpu(), batch.to("cpu").x)
+
+
+def _actor_codes(shards: list[str], folder: str, bf16: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The codes job's actor (on cuda when there is one) over `decode_shard`'s rows of the first
+    shard, as Ray Data hands them over: (the actor's codes, the CPU's fp32 codes of the same
+    model), both (B, h, w)."""
+    from pipeline.codes import EncoderActor, decode_shard
+    from pipeline.tracking import save_model_files
+
+    rows = decode_shard({"path": shards[0], "split": "train"}, "image", ["labels"])
+    batch = {"key": np.array([r["key"] for r in rows]), "split": np.array([r["split"] for r in rows]),
+             "x": np.stack([r["x"] for r in rows]), "cond/labels": np.array([r["cond/labels"] for r in rows])}
+    torch.manual_seed(0)
+    model = VQVAE(in_channels=3, hidden=32, num_res_blocks=1, codebook_size=64, code_dim=16).eval()
+    save_model_files(model, folder)
+    table = EncoderActor(folder, f"sqlite:///{folder}/mlflow.db", "uint8", "image", ["labels"], bf16)(batch)
+    assert table.column("key").to_pylist() == batch["key"].tolist()
+    assert table.column("labels").to_pylist() == batch["cond/labels"].tolist()
+    got = np.stack([np.asarray(c, np.int64).reshape(s) for c, s in
+                    zip(table.column("codes").to_pylist(), table.column("shape").to_pylist())])
+    with torch.no_grad():
+        expected = model.encode(torch.from_numpy(batch["x"]).float() / 255 - 0.5).numpy()
+    return got, expected
+
+
+@pytest.mark.parametrize("bf16,agree", [(False, 0.99), (True, 0.9)], ids=["fp32", "bf16"])
+def test_codes_actor_on_cuda_encodes_decoded_shards_like_the_cpu(shards, tmp_path, bf16, agree):
+    """A codes actor on a GPU (channels-last; bf16 autocast unless codes.bf16 is false) encodes
+    decode_shard's uint8 rows of real photos into the CPU's fp32 codes at nearly every position."""
+    got, expected = _actor_codes(shards, str(tmp_path), bf16)
+    assert got.shape == expected.shape and (got == expected).mean() > agree, (got == expected).mean()
