@@ -12,11 +12,11 @@ Shards are opened inside Ray Data tasks with tarfile (not `read_webdataset`, whi
 members that are not stored together, ray #44068, and builds a DataFrame per sample), where the
 modality also turns each sample's members into model input (`from_members`; pixels stay uint8):
 decoding runs on every CPU of the cluster, in parallel, and `codes.actors` actors, which each load
-the model once, only batch (`collate`) and encode. (Decoding in the actor capped a GPU actor at one
-core's PNG decoding, ~1,800 128x128 images/s, a tenth of what its GPU encodes.) Every split goes through one Ray Data pass (one actor pool, the
-model loaded once per actor), its rows partitioned into a folder per split by `write_parquet`, in
-a temporary folder that is renamed into place; the manifest is written last, so a folder without
-one is unfinished. A sample that does not decode, or the rest of a damaged tar, is skipped and
+the model once, only batch (`collate`) and encode. (Decoding in the actor capped a GPU actor at
+one core's PNG decoding, ~1,800 128x128 images/s, a tenth of what its GPU encodes.) Every split
+goes through one Ray Data pass (one actor pool, the model loaded once per actor), its rows
+partitioned into a folder per split by `write_parquet`, in a temporary folder that is renamed into
+place; the manifest is written last, so a folder without one is unfinished. A sample that does not decode, or the rest of a damaged tar, is skipped and
 counted (the shard manifest's samples minus the rows written): the manifest's `skipped`, the
 run's `skipped_<split>`.
 """
@@ -139,17 +139,17 @@ class EncoderActor:
         self.modality = modalities.get(modality)
         self.cond = cond
 
-    def __call__(self, batch: dict):
+    def __call__(self, rows: dict):
         import pyarrow as pa
         import torch
 
         from pipeline.modalities import Item
 
-        xs = batch["x"]  # (B, *shape) when every sample has one shape, else an array of arrays
+        xs = rows["x"]  # (B, *shape) when every sample has one shape, else an array of arrays
         xs = torch.from_numpy(np.array(xs)) if xs.dtype != object else [torch.from_numpy(np.array(x)) for x in xs]
-        items = [Item(x, {name: _plain(batch[f"cond/{name}"][i]) for name in self.cond}, str(key))
-                 for i, (key, x) in enumerate(zip(batch["key"], xs))]
-        splits = [str(split) for split in batch["split"]]
+        items = [Item(x, {name: _plain(rows[f"cond/{name}"][i]) for name in self.cond}, str(key))
+                 for i, (key, x) in enumerate(zip(rows["key"], xs))]
+        splits = [str(split) for split in rows["split"]]
         codes: list[np.ndarray] = []
         for chunk in _chunks(items):
             batch = self.modality.collate(chunk).to(self.device)

@@ -9,8 +9,8 @@ shard, training, codes and sampling code asks the modality and never branches on
     modality = get(settings.data.modality)        # "image", or "package.module:ATTRIBUTE"
     listing = modality.find(settings.data)        # splits of RawItems, conditioning, manifest fields
     members = modality.to_members(modality.preprocess(raw_bytes, item, settings.data))
-    item = modality.from_members(members)         # Item(x, cond) as the model sees it
-    batch = modality.collate([item, ...])         # Batch(x, cond, mask)
+    item = modality.from_members(members)         # Item(x, cond): floats, or pixels kept uint8
+    batch = modality.collate([item, ...]).to(device)  # Batch(x, cond, mask) as the model sees it
     model = modality.build_autoencoder(settings.stage1, settings.data, listing.cond)
 
 A modality outside this package (a plugin, or one a test defines) is named by its import path,
