@@ -14,6 +14,8 @@ loop would mostly wait for it. `TrainStream` runs the same pipeline in DataLoade
 processes (`loader`): each worker reads its own endless stream, seeded by (seed, rank, worker), so
 ranks still draw one batch per step each; the batches come back in pinned memory, and the samples
 a worker skipped ride along with its batches (`Batch.skipped`) into the rank's SkipCounter.
+Pixels stay uint8 through all of it (a quarter of the bytes); `Batch.to` makes them floats on the
+device. (Why not Ray Data's iterator: docs/architecture.md.)
 """
 from __future__ import annotations
 
