@@ -203,3 +203,33 @@ def test_sharding_speech_and_video_imports_no_torch(tmp_path):
         "windows = v.samples_of(clip, 'c', data)\n"
         "assert windows and 'png' in v.to_members(windows[0][1]), windows\n"
     ) == []
+
+
+def test_images_stored_as_npy_read_back_as_the_png_pixels(tmp_path):
+    """data.storage: npy stores the same uint8 pixels as png (the readers take either): bigger,
+    and a damaged array is an error the readers skip and count."""
+    import io as _io
+
+    from PIL import Image
+    from skimage import data as photos
+
+    from pipeline.modalities.image import ImageData, decode_npy
+
+    image = modalities.get("image")
+    buf = _io.BytesIO()
+    Image.fromarray(photos.astronaut()).save(buf, format="JPEG")
+    item = modalities.RawItem(key="k", path="p", cond={"labels": 3})
+    members = {}
+    for storage in ("png", "npy"):
+        data = ImageData(name="t", root=str(tmp_path), image_size=64, storage=storage)
+        members[storage] = image.to_members(image.preprocess(buf.getvalue(), item, data))
+        assert set(members[storage]) == {storage, "cls"}
+    png, npy = (image.from_members(members[s]) for s in ("png", "npy"))
+    assert png.x.dtype == torch.uint8 and torch.equal(png.x, npy.x) and png.cond == npy.cond == {"labels": 3}
+    assert len(members["npy"]["npy"]) > len(members["png"]["png"])  # photos: PNG compresses
+    floats = _io.BytesIO()
+    np.save(floats, np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="not an RGB uint8 image"):
+        decode_npy(floats.getvalue())
+    with pytest.raises(Exception):
+        image.from_members({"npy": members["npy"]["npy"][:100], "cls": b"3"})

@@ -5,16 +5,18 @@ class-conditional Gated PixelCNN prior.
       modality: image
       image_size: 128          # shorter side resized, then centre-cropped to a square
       min_source_size: 32      # smaller files are skipped, with the reason
+      storage: png             # or npy: raw pixels, 1.7x the bytes, ~7x less CPU to read back
 
 A sample's tar members: `<key>.png` (image_size x image_size RGB, lossless, so a shard holds
-exactly the pixels training sees) and `<key>.cls` (the class id as text). The model sees float
+exactly the pixels training sees; or `<key>.npy`, the same uint8 array in NumPy's format) and
+`<key>.cls` (the class id as text). Readers take either, whatever the config says. The model sees float
 tensors in [-0.5, 0.5], channels first, so an MSE there is the MSE of [0, 1] images.
 """
 from __future__ import annotations
 
 import io
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -35,6 +37,10 @@ COND = "labels"  # the class id; the prior's and the codes' column name
 class ImageData(DataSection):
     image_size: int = Field(128, ge=8)
     min_source_size: int = Field(32, ge=1)
+    # How shards store the pixels. png: lossless and compact (photos: ~29 KB at 128x128), but a
+    # core inflates only ~1,800 of them a second, and a GPU trains 7,500+. npy: the raw uint8
+    # array (49 KB at 128x128), read back ~7x faster: for GPU nodes whose cores cannot keep up.
+    storage: Literal["png", "npy"] = "png"
 
 
 UPSAMPLED = "upsampled: smaller than data.image_size"
@@ -116,6 +122,26 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.array(img.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy shares it
 
 
+def encode_npy(pixels: np.ndarray) -> bytes:
+    """uint8 HxWx3 -> the bytes of a .npy file (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(pixels, dtype=np.uint8), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    """.npy bytes from a shard -> uint8 HxWx3; anything else raises ValueError."""
+    pixels = np.load(io.BytesIO(data), allow_pickle=False)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"not an RGB uint8 image: {pixels.dtype} {pixels.shape}")
+    return pixels
+
+
+def decode_pixels(members: dict[str, bytes]) -> np.ndarray:
+    """A sample's pixels, stored as PNG or as .npy."""
+    return decode_png(members["png"]) if "png" in members else decode_npy(members["npy"])
+
+
 def to_chw(pixels: np.ndarray) -> torch.Tensor:
     """uint8 HWC -> uint8 (C, H, W), contiguous (what the readers batch; `Batch.to` makes floats)."""
     import torch
@@ -187,19 +213,20 @@ class ImageModality(Modality):
         return Listing(splits, {COND: CondSpec("class", len(classes), tuple(classes))},
                        {"classes": classes, "image_size": data.image_size}, skipped)
 
-    def preprocess(self, raw: bytes, item: RawItem, data: ImageData) -> tuple[np.ndarray, int, bool]:
+    def preprocess(self, raw: bytes, item: RawItem, data: ImageData) -> tuple[np.ndarray, int, bool, str]:
         pixels, shorter = _preprocess(raw, data.image_size, data.min_source_size)
-        return pixels, int(item.cond[COND]), shorter < data.image_size
+        return pixels, int(item.cond[COND]), shorter < data.image_size, data.storage
 
     def notes(self, example) -> list[str]:
         return [UPSAMPLED] if example[2] else []
 
-    def to_members(self, example: tuple[np.ndarray, int, bool]) -> dict[str, bytes]:
-        pixels, label, _ = example
-        return {"png": encode_png(pixels), "cls": str(label).encode()}
+    def to_members(self, example: tuple[np.ndarray, int, bool, str]) -> dict[str, bytes]:
+        pixels, label, _, storage = example
+        stored = {"png": encode_png, "npy": encode_npy}[storage](pixels)
+        return {storage: stored, "cls": str(label).encode()}
 
     def from_members(self, members: dict[str, bytes]) -> Item:
-        return Item(to_chw(decode_png(members["png"])), {COND: int(members["cls"])})
+        return Item(to_chw(decode_pixels(members)), {COND: int(members["cls"])})
 
     def sample_shape(self, data: ImageData) -> tuple[int, ...]:
         return (data.image_size, data.image_size)
