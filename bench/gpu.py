@@ -21,8 +21,8 @@ Codes dumping is the codes actor's work (`encode`, batch 256): on a GPU it runs 
 and channels-last (`codes.bf16: true`, the default), fp32 with `codes.bf16: false`; the other
 variants are for comparison. With --shards, also what one process decodes for it (the codes
 job's `decode_shard`, which runs in Ray Data tasks on every CPU): the job's CPU bound is that
-figure times the CPUs the cluster gives those tasks. Prior sampling is the class-conditional Gated PixelCNN of
-configs/imagenet.yaml over a 32x32 grid: `GatedPixelCNN.sample` runs one forward per position,
+figure times the CPUs the cluster gives those tasks. Prior sampling is the class-conditional
+Gated PixelCNN of configs/imagenet.yaml over a 32x32 grid: `GatedPixelCNN.sample` runs one forward per position,
 on the rows up to it; one whole sampling call is timed.
 
 Timings synchronise the device around the region; the median of --repeats windows is shown.
@@ -169,9 +169,9 @@ def bench_shards(sizes: dict, device: torch.device, args) -> list[dict]:
     from pipeline import modalities
     from pipeline.data.reader import SkipCounter, TrainStream, loader, shard_urls
 
-    _, urls = shard_urls(args.shards, "train")
+    manifest, urls = shard_urls(args.shards, "train")
     cuda = device.type == "cuda"
-    stream = TrainStream(urls, sizes["batch"], 0, 0, modalities.get("image"), args.shards)
+    stream = TrainStream(urls, sizes["batch"], 0, 0, modalities.get(manifest["modality"]), args.shards)
     feeds = {"ray.loader_workers=0: decoding in the training process":
              lambda: loader(stream, 0, cuda, SkipCounter())}
     for workers in args.workers:
@@ -231,14 +231,17 @@ def bench_codes(sizes: dict, device: torch.device, args) -> list[dict]:
 
 
 def decode_rate(shards: str) -> float:
-    """Images/s one process decodes for the codes job (`decode_shard` over the first train shard)."""
+    """Images/s one process decodes for the codes job (`decode_shard` over the first train shard,
+    with the modality and conditioning of the shard manifest, as the job reads them)."""
     from pipeline.codes import decode_shard
     from pipeline.data.reader import shard_urls
+    from pipeline.data.shard import shard_cond
 
-    _, urls = shard_urls(shards, "train")
-    decode_shard({"path": urls[0], "split": "train"}, "image", ["labels"])  # warm: imports, file cache
+    manifest, urls = shard_urls(shards, "train")
+    args = ({"path": urls[0], "split": "train"}, manifest["modality"], list(shard_cond(manifest)))
+    decode_shard(*args)  # warm: imports, file cache
     start = time.perf_counter()
-    n = len(decode_shard({"path": urls[0], "split": "train"}, "image", ["labels"]))
+    n = len(decode_shard(*args))
     return n / (time.perf_counter() - start)
 
 

@@ -190,13 +190,12 @@ def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names) -> N
     import ray
 
     tars = [{"path": u, "split": split} for split, paths in urls.items() for u in paths]
-    cond = list(cond_names)
     (
         ray.data.from_items(tars, override_num_blocks=len(tars))
-        .flat_map(decode_shard, fn_kwargs={"modality": settings.data.modality, "cond": cond})
+        .flat_map(decode_shard, fn_kwargs={"modality": settings.data.modality, "cond": cond_names})
         .map_batches(EncoderActor, fn_constructor_kwargs={"uri": uri, "tracking_uri": tracking_uri,
                                                           "dtype": dtype.name, "modality": settings.data.modality,
-                                                          "cond": cond, "bf16": settings.codes.bf16},
+                                                          "cond": cond_names, "bf16": settings.codes.bf16},
                      compute=ray.data.ActorPoolStrategy(size=settings.codes.actors), num_gpus=1 if gpu else 0,
                      batch_size=settings.codes.batch_size, batch_format="numpy")
         # out/train/*.parquet, out/val/*.parquet: folders named by the split alone (the column

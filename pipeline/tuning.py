@@ -111,8 +111,14 @@ def tune_codebook(settings: Settings) -> dict:
     from pipeline import tracking
     from pipeline.train.fit_vqvae import check_input_size, shard_lineage
 
+    scales = set()
     for params in _grid(settings):  # every trial's model fits the inputs, before any trial starts
-        check_input_size(trial_settings(settings, params))
+        trial = trial_settings(settings, params)
+        check_input_size(trial)
+        scales.add(trial.modality.metric_scale(trial))
+    if len(scales) > 1:  # the search keeps the lowest selection metric: trials must score one signal
+        raise UserError(f"tune.space: its trials' {settings.modality.selection_metric} would score different "
+                        f"signals ({'; '.join(sorted(map(str, scales)))}); search these settings in separate searches")
     lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # exit 2 if down
     search = search_name(settings)
@@ -332,7 +338,8 @@ def _plot(rows: list[dict], path: str, metric: str) -> None:
 
 
 def _log_trial_model(settings: Settings, search: str, row: dict, lineage: dict) -> None:
-    """Log a completed trial's model (its final checkpoint) into the trial's MLflow run."""
+    """Log a completed trial's model (its final checkpoint) into the trial's MLflow run;
+    `settings` are the trial's."""
     import mlflow
     from ray.train import Checkpoint
 
@@ -340,7 +347,7 @@ def _log_trial_model(settings: Settings, search: str, row: dict, lineage: dict) 
     from pipeline.train.driver import load_state
     from pipeline.train.fit_vqvae import build_model
 
-    model = build_model(trial_settings(settings, {k: row[k] for k in settings.tune.space}))
+    model = build_model(settings)
     model.load_state_dict(load_state(Checkpoint(row["checkpoint"]))["model"])
     with mlflow.start_run(run_id=row["run_id"]):
         tracking.log_model(model, "model", metadata={"stage": "stage1", **lineage, "run_id": row["run_id"],
@@ -369,14 +376,15 @@ def _finish(settings: Settings, search: str, parent: str, rows: list[dict], line
     best["best"] = True
     keys = list(settings.tune.space)
     table = format_table(rows, keys, metric, key_metrics)
-    _log_trial_model(settings, search, best, lineage)
+    best_settings = trial_settings(settings, {k: best[k] for k in settings.tune.space})
+    _log_trial_model(best_settings, search, best, lineage)
     registered = settings.vqvae_name
     version, promoted = tracking.register_model(
         best["run_id"], "model", registered, metric=metric, value=best[final],
         tags={**{k: str(v) for k, v in lineage.items()}, "ray_run": f"{search}-{best['trial']}",
               "tune_search": search, "tune_trial": best["trial"], "key_metrics": ",".join(key_metrics),
               **_decoder_bits(client, best["run_id"]),
-              **tracking.scale_tags(settings.modality.metric_scale(settings))})
+              **tracking.scale_tags(best_settings.modality.metric_scale(best_settings))})
     with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
         with open(os.path.join(tmp, "trials.txt"), "w") as f:
             f.write(table + "\n")

@@ -58,6 +58,27 @@ def test_an_override_set_on_the_command_line_changes_one_key_of_every_trial(tmp_
             load_settings(cfg, [override])
 
 
+def test_a_grid_whose_trials_score_different_signals_is_refused_before_anything_starts(tmp_path):
+    """Speech with and without the linear predictor scores the excitation or the samples: the
+    search would keep whichever number is lower, so it refuses in one line, before Ray or MLflow."""
+    import yaml
+
+    from pipeline.tuning import trial_settings, tune_codebook
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"workdir": str(tmp_path / "w"),
+                                   "data": {"name": "t", "root": str(tmp_path / "nowhere"), "modality": "speech",
+                                            "sample_rate": 8000},
+                                   "tune": {"space": {"stage1.lpc_order": [0, 16]}}}))
+    with pytest.raises(UserError, match=r"tune.space: .*val_bits_per_sample would score different signals"):
+        tune_codebook(load_settings(cfg))
+    assert not (tmp_path / "w").exists()  # nothing was started or written
+    alike = load_settings(cfg, ['tune.space={"stage1.codebook_size": [8, 16]}', "stage1.lpc_order=16"])
+    assert {alike.modality.metric_scale(t) for t in
+            (trial_settings(alike, {"stage1.codebook_size": k}) for k in (8, 16))} == {
+        "sample_rate=8000 lpc_order=16 preemphasis=0.0"}
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_search_stops_bad_trials_and_registers_the_best(tmp_path, ray_local, demo_raw, demo_shards):

@@ -21,6 +21,8 @@ METRIC_SCALE_TAG = "metric_scale"
 def scale_tags(scale: str | None) -> dict:
     """The version tags saying what the metric scores (none when it is always alike)."""
     return {} if scale is None else {METRIC_SCALE_TAG: scale}
+
+
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))$")
 
 
