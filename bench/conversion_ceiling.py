@@ -1,7 +1,7 @@
 """What a perfect voice conversion would score on the speech demo's corpus, and what the speaker
 encoder tells its voices apart by.
 
-The conversion score (`conversion_speaker_fraction`, pipeline/modalities/speech_convert.py) asks
+The conversion score (`conversion_speaker_fraction`, pipeline/modalities/speech/convert.py) asks
 whether resemblyzer's speaker encoder puts a conversion nearer the target voice's centroid than
 the source's. A VQ-VAE conversion keeps what the codes hold (the words, their timing, the accent's
 vowels) and can change what the decoder takes from the speaker id. Here espeak-ng itself stands in
@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.modalities.speech import resample, trim_silence  # noqa: E402
-from pipeline.modalities.speech_convert import SpeakerEncoder, _unit  # noqa: E402
-from pipeline.modalities.speech_demo import VOICES, _espeak, _synthesize, sentences  # noqa: E402
+from pipeline.modalities.speech.audio import resample, trim_silence  # noqa: E402
+from pipeline.modalities.speech.demo import VOICES, _espeak, _synthesize, sentences  # noqa: E402
+from pipeline.modalities.speech.scores import SpeakerEncoder, unit  # noqa: E402
 
 ACCENTED = {  # the demo's voices until 2026-11-29: (espeak-ng voice, pitch, words per minute)
     "p901": ("en-us+m3", 35, 155), "p902": ("en-gb+f2", 70, 165), "p903": ("en-gb-scotland+m1", 45, 145),
@@ -70,9 +70,9 @@ def main() -> None:
 
             _synthesize(exe, voice, text, wav)
             x, rate = sf.read(wav, dtype="float32")
-            return _unit(encoder.embed(trim_silence(resample(x, rate, args.rate), args.rate, args.trim_db), args.rate))
+            return unit(encoder.embed(trim_silence(resample(x, rate, args.rate), args.rate, args.trim_db), args.rate))
 
-        centroid = {s: _unit(np.mean([embed(v, t) for t in texts[:args.references]], axis=0))
+        centroid = {s: unit(np.mean([embed(v, t) for t in texts[:args.references]], axis=0))
                     for s, v in voices.items()}
         pairs = [(a, b) for a in voices for b in voices if a != b]
         pairs = random.Random(0).sample(pairs, min(args.pairs, len(pairs)))

@@ -12,7 +12,7 @@ achieved TFLOP/s (the FLOPs of one forward + backward counted by torch.utils.flo
 the measured step time), MFU against the device's dense bf16 peak and peak memory.
 
 With --shards (a finished image shard folder, made at the size you want to measure), the stage's
-recipe is fed by the stage's own reader (`pipeline.data.reader.loader`: webdataset + PNG decoding)
+recipe is fed by the stage's own reader (`pipeline.formats.reader.loader`: webdataset + PNG decoding)
 in the training process and in --workers DataLoader worker processes (ray.loader_workers), pinned,
 copied without waiting; each step is split into the time spent waiting for the batch and the
 time computing it.
@@ -91,7 +91,7 @@ def vqvae(sizes: dict) -> VQVAE:
 
 
 def stage1_step(model, optimizer, autocast, channels_last: bool):
-    """One training step as the stage's loop takes it (pipeline/train/loop.py)."""
+    """One training step as the stage's loop takes it (pipeline/stages/train/loop.py)."""
     def step(x):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -167,7 +167,7 @@ def bench_stage1(sizes: dict, device: torch.device, args, peak: float | None) ->
 def bench_shards(sizes: dict, device: torch.device, args) -> list[dict]:
     """The stage's recipe fed from real shards: data wait vs compute per step."""
     from pipeline import modalities
-    from pipeline.data.reader import SkipCounter, TrainStream, loader, shard_urls
+    from pipeline.formats.reader import SkipCounter, TrainStream, loader, shard_urls
 
     manifest, urls = shard_urls(args.shards, "train")
     cuda = device.type == "cuda"
@@ -233,9 +233,9 @@ def bench_codes(sizes: dict, device: torch.device, args) -> list[dict]:
 def decode_rate(shards: str) -> float:
     """Images/s one process decodes for the codes job (`decode_shard` over the first train shard,
     with the modality and conditioning of the shard manifest, as the job reads them)."""
-    from pipeline.codes import decode_shard
-    from pipeline.data.reader import shard_urls
-    from pipeline.data.shard import shard_cond
+    from pipeline.stages.codes import decode_shard
+    from pipeline.formats.reader import shard_urls
+    from pipeline.formats.shards import shard_cond
 
     manifest, urls = shard_urls(shards, "train")
     args = ({"path": urls[0], "split": "train"}, manifest["modality"], list(shard_cond(manifest)))

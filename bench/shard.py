@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_settings  # noqa: E402
-from pipeline.data import shard as sharding  # noqa: E402
-from pipeline.data.reader import SkipCounter, TrainStream, loader, shard_urls  # noqa: E402
+from pipeline.stages import shard as sharding  # noqa: E402
+from pipeline.formats.reader import SkipCounter, TrainStream, loader, shard_urls  # noqa: E402
 
 CONFIGS = {"image": "demo.yaml", "speech": "demo-speech.yaml", "video": "demo-video.yaml"}
 # shards small enough that 2 CPUs share 18 tasks or more (the demos' shard sizes give 5-7 here)
@@ -57,7 +57,7 @@ def make_data(settings, images_per_class: int, per_speaker: int) -> None:
 
         make_demo_data(root, images_per_class, images_per_class // 5)
     elif settings.data.modality == "speech":
-        from pipeline.modalities.speech_demo import make_demo_corpus
+        from pipeline.modalities.speech.demo import make_demo_corpus
 
         make_demo_corpus(root, per_speaker=per_speaker)
     else:
@@ -175,7 +175,7 @@ def bench(modality: str, tmp: Path, a) -> None:
         settings.overwrite = True
         for run in range(a.repeats + 1):  # the first run warms the workers up
             start = time.perf_counter()
-            sharding.shard_dataset(settings)
+            sharding.shard(settings)
             if run:
                 best = max(best, inputs / (time.perf_counter() - start))
         rows.append((f"Ray Data (shard_dataset), {cpus} CPU", best))

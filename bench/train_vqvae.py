@@ -1,4 +1,4 @@
-"""Stage 1 throughput: training samples/s of `train_vqvae` (Ray Train + MLflow) on the demo data
+"""Stage 1 throughput: training samples/s of `stage1` (Ray Train + MLflow) on the demo data
 beside a plain single-process PyTorch loop with the same model, optimizer, batch, reader and loss
 (the model's own: neither side rebuilds eq. 3).
 
@@ -17,7 +17,7 @@ a DDP run, compared with the plain loop given the same number of cores.
 
 Ray's samples/s is the stage's own `samples_per_s` metric read back from MLflow (validation and
 checkpoint time excluded, first point dropped as warm-up); the plain loop's excludes its first
-log_every steps the same way. Wall-clock is the whole call: for Ray, train_vqvae (MLflow run,
+log_every steps the same way. Wall-clock is the whole call: for Ray, stage1 (MLflow run,
 Ray Train start-up, the checkpoints, the final validation, model logging and registration; the
 ray.init before it is shown apart), for the plain loop model build + every step. The median of
 the log_every-step windows is shown too: it shrugs off bursts of load from other processes. Each
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pipeline.config import Settings, load_settings  # noqa: E402
-from pipeline.data.reader import SkipCounter, shard_urls, train_batches  # noqa: E402
-from pipeline.data.shard import shard_dataset  # noqa: E402
+from pipeline.formats.reader import SkipCounter, shard_urls, train_batches  # noqa: E402
+from pipeline.stages.shard import shard  # noqa: E402
 from pipeline.runtime import keep_freed_memory  # noqa: E402
-from pipeline.train.fit_vqvae import build_model  # noqa: E402
+from pipeline.stages.stage1 import build_model  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -111,13 +111,13 @@ def plain_in_train_worker(settings: Settings, threads: int, warmup: int) -> tupl
 
 
 def ray_run(settings: Settings) -> tuple[float, float, float, float]:
-    """train_vqvae end to end; returns (steady samples/s, median of the windows, wall s, fit s)."""
+    """stage1 end to end; returns (steady samples/s, median of the windows, wall s, fit s)."""
     from mlflow import MlflowClient
 
-    from pipeline.train.fit_vqvae import train_vqvae
+    from pipeline.stages.stage1 import stage1
 
     start = time.perf_counter()
-    done = train_vqvae(settings)
+    done = stage1(settings)
     wall = time.perf_counter() - start
     history = MlflowClient(settings.tracking_uri).get_metric_history(done["run_id"], "samples_per_s")
     rates = [m.value for m in sorted(history, key=lambda m: m.step)][1:]  # first window: warm-up
@@ -147,7 +147,7 @@ def main() -> None:
 
     settings.modality.make_demo(settings.data)
     shard_settings = settings.model_copy(update={"overwrite": False})
-    shard_dataset(shard_settings)  # "already finished" when the workdir has them
+    shard(shard_settings)  # "already finished" when the workdir has them
     ray.shutdown()  # the plain loop runs with no Ray processes about
 
     threads_plain = sorted({1, a.threads} | ({a.threads * a.workers} if a.workers > 1 else set()))

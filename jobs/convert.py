@@ -1,6 +1,6 @@
 """Voice conversion: a speech utterance's codes decoded with another speaker's id.
 
-    python jobs/convert.py --config configs/demo-speech.yaml --source p901_003 --speaker p905
+    python jobs/convert.py --config configs/demo-speech.yaml --source p901_012 --speaker p905
     python jobs/convert.py --config configs/demo-speech.yaml --source my.wav --speaker p905 --seconds 2
     python jobs/convert.py --config configs/demo-speech.yaml --evaluate   # the scores, on the model's run
 
@@ -13,10 +13,13 @@ The model: codes.model, else the VQ-VAE champion. Writes
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
+# The repository on the path, in place of this folder: Ray gives its workers the job script's
+# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
+_jobs = Path(__file__).resolve().parent
+sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
 
 from pipeline.cli import run_job  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
+from pipeline.stages.convert import run  # noqa: E402
 
 
 def add_arguments(parser) -> None:
@@ -28,17 +31,6 @@ def add_arguments(parser) -> None:
                         help="score conversions of val utterances and log them on the model's MLflow run")
 
 
-def main(settings, args) -> None:
-    from pipeline.modalities import speech_convert as convert
-
-    if args.evaluate:
-        metrics = convert.evaluate_and_log(settings, settings.codes.model or settings.vqvae_champion, force=True)
-        print("convert: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())), flush=True)
-        return
-    if not args.source or not args.speaker:
-        raise UserError("give --source and --speaker (or --evaluate)")
-    convert.convert(settings, args.source, args.speaker, args.out, seconds=args.seconds)
-
-
 if __name__ == "__main__":
-    run_job(main, __doc__, add_arguments=add_arguments)
+    run_job(lambda settings, args: run(settings, args.source, args.speaker, args.out, args.seconds, args.evaluate),
+            __doc__, add_arguments=add_arguments)

@@ -7,10 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repository on the path, in place of this folder: Ray gives its workers the job script's
+# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
+_jobs = Path(__file__).resolve().parent
+sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
 
-from pipeline import modalities  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
+from pipeline.stages.make_demo_data import main  # noqa: E402
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,11 +21,4 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="a few samples per class or speaker (seconds to make)")
     a = p.parse_args()
-    try:
-        modality = modalities.get(a.modality)
-        data = modality.DataConfig(name="demo", root=str(Path(a.out).resolve()), modality=a.modality, seed=a.seed)
-        info = modality.make_demo(data, small=a.small)
-    except (ValueError, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"demo data {'written to' if info['created'] else 'already at'} {info['out']}")
+    main(a.out, a.modality, a.seed, a.small)

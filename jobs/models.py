@@ -13,9 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
+# The repository on the path, in place of this folder: Ray gives its workers the job script's
+# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
+_jobs = Path(__file__).resolve().parent
+sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
 
-from pipeline import registry_cli  # noqa: E402
+from pipeline.stages import models  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> dict:
@@ -40,5 +43,5 @@ def parse(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     args = parse()
-    registry_cli.run(args.pop("command"), tracking_uri=args.pop("tracking_uri"), config=args.pop("config"),
-                 as_json=args.pop("as_json"), args=args)
+    models.run(args.pop("command"), tracking_uri=args.pop("tracking_uri"), config=args.pop("config"),
+               as_json=args.pop("as_json"), args=args)

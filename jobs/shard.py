@@ -6,10 +6,13 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
+# The repository on the path, in place of this folder: Ray gives its workers the job script's
+# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
+_jobs = Path(__file__).resolve().parent
+sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
 
 from pipeline.cli import run_job  # noqa: E402
-from pipeline.data.shard import shard_dataset  # noqa: E402
+from pipeline.stages.shard import shard  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(shard_dataset, __doc__)
+    run_job(shard, __doc__)

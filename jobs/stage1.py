@@ -6,10 +6,13 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
+# The repository on the path, in place of this folder: Ray gives its workers the job script's
+# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
+_jobs = Path(__file__).resolve().parent
+sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
 
 from pipeline.cli import run_job  # noqa: E402
-from pipeline.train.fit_vqvae import train_vqvae  # noqa: E402
+from pipeline.stages.stage1 import stage1  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(train_vqvae, __doc__)
+    run_job(stage1, __doc__)

@@ -1,4 +1,4 @@
-"""Stage 2: fit the PixelCNN prior over the codes with Ray Train (DDP), log and register it in MLflow.
+"""Stage 2: fit the prior over the codes with Ray Train (DDP), log and register it in MLflow.
 
     python jobs/stage2.py --config configs/demo.yaml [--set stage2.steps=500]
     ray job submit --working-dir . -- python jobs/stage2.py --config configs/imagenet.yaml
@@ -6,10 +6,13 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .`
+# The repository on the path, in place of this folder: Ray gives its workers the job script's
+# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
+_jobs = Path(__file__).resolve().parent
+sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
 
 from pipeline.cli import run_job  # noqa: E402
-from pipeline.train.fit_prior import train_prior  # noqa: E402
+from pipeline.stages.stage2 import stage2  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(train_prior, __doc__)
+    run_job(stage2, __doc__)

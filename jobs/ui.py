@@ -6,14 +6,16 @@ Prints the address of the latest pipeline run's page (its report is among its ar
 runs `mlflow ui` in the foreground until Ctrl-C. A store on an MLflow server needs no UI of ours:
 open the server's address.
 """
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repository on the path, in place of this folder: Ray gives its workers the job script's
+# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
+_jobs = Path(__file__).resolve().parent
+sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
 
 from pipeline.cli import run_job  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
+from pipeline.stages.ui import ui  # noqa: E402
 
 
 def add_arguments(parser) -> None:
@@ -21,41 +23,5 @@ def add_arguments(parser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
 
 
-def main(settings, args) -> None:
-    uri = settings.tracking_uri
-    if not uri.startswith("sqlite:"):
-        raise UserError(f"mlflow.tracking_uri {uri} is a server: open it in a browser (it serves its own UI)")
-    from mlflow import MlflowClient
-
-    from pipeline import tracking
-
-    db = tracking.sqlite_path(uri)
-    if db is not None and not db.is_file():  # one line now, not a UI that shows nothing
-        raise UserError(f"no MLflow store at {db}: run the pipeline first (make demo)")
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(settings.experiment)
-    address = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI of {uri} at {address} (Ctrl-C stops it)", flush=True)
-    if experiment is not None:
-        runs = client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'pipeline'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        if runs:
-            run = runs[0].info
-            print(f"  latest pipeline run: {address}/#/experiments/{experiment.experiment_id}/runs/{run.run_id}"
-                  f"  (its report: Artifacts tab, report-{settings.data.name}.html)", flush=True)
-    # MLflow 3's server also runs a job queue (huey consumers: GenAI evaluation jobs, trace
-    # roll-ups) in processes of their own; a UI over a pipeline's store needs none of it.
-    # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment turns it back on.
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    quiet = []
-    if not os.environ.get("PIPELINE_VERBOSE"):
-        # uvicorn's INFO lines (start-up, every worker) and the deprecation warning each of its
-        # workers prints for MLflow's own import of starlette's WSGI middleware: --verbose has them
-        quiet = ["--uvicorn-opts", "--log-level warning"]
-        os.environ.setdefault("PYTHONWARNINGS", "ignore:starlette.middleware.wsgi is deprecated")
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                              "--host", args.host, "--port", str(args.port), *quiet])
-
-
 if __name__ == "__main__":
-    run_job(main, __doc__, add_arguments=add_arguments)
+    run_job(lambda settings, args: ui(settings, args.host, args.port), __doc__, add_arguments=add_arguments)

@@ -14,7 +14,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, fie
 
 from pipeline import modalities
 from pipeline.errors import UserError
-from pipeline.sections import SampleConfig, Section as _Section, Stage1Config, Stage2Config
+from pipeline.sections import SampleSection, Section as _Section, Stage1Section, Stage2Section
 
 
 class RayConfig(_Section):
@@ -51,7 +51,8 @@ class TuneSection(_Section):
     """Ray Tune over stage-1 keys (jobs/tune_codebook.py). Each `space` entry names a `stage1.*`
     key and gives either a list (grid search: every value is tried) or one sampler,
     `{choice: [...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}` or `{randint: [lo, hi]}`
-    (drawn `num_samples` times). ASHA stops trials whose `val_mse` trails at a rung.
+    (drawn `num_samples` times). ASHA stops trials whose selection metric (the modality's:
+    images `val_mse`, speech `val_bits_per_sample`) trails at a rung.
     Every trial is validated when the settings load (Settings.trial_tree)."""
     space: dict[str, Any] = Field(default_factory=lambda: {"stage1.codebook_size": [64, 128, 256, 512]})
     num_samples: int = Field(1, ge=1)  # repeats of the grid / draws of the samplers
@@ -105,7 +106,7 @@ class TuneSection(_Section):
                 raise ValueError(f"space {key}: no values")
         return self
 
-    def check_values(self, stage1: type[Stage1Config]) -> None:
+    def check_values(self, stage1: type[Stage1Section]) -> None:
         """Every key names a field of the modality's stage-1 section and every candidate is valid."""
         for key, spec in self.space.items():
             field = key.partition(".")[2]
@@ -126,11 +127,12 @@ class Settings(_Section):
     data: SerializeAsAny[modalities.DataSection]
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig()
-    # stage1, stage2 and sample take the modality's classes (its own fields beside the shared ones)
-    stage1: SerializeAsAny[Stage1Config] = Field(default_factory=dict, validate_default=True)
+    # stage1, stage2 and sample take the modality's classes: the stage's shared fields and its
+    # models' own (pipeline/sections.py)
+    stage1: SerializeAsAny[Stage1Section] = Field(default_factory=dict, validate_default=True)
     codes: CodesConfig = CodesConfig()
-    stage2: SerializeAsAny[Stage2Config] = Field(default_factory=dict, validate_default=True)
-    sample: SerializeAsAny[SampleConfig] = Field(default_factory=dict, validate_default=True)
+    stage2: SerializeAsAny[Stage2Section] = Field(default_factory=dict, validate_default=True)
+    sample: SerializeAsAny[SampleSection] = Field(default_factory=dict, validate_default=True)
     tune: TuneSection = TuneSection()
 
     @field_validator("data", mode="before")
@@ -208,7 +210,7 @@ class Settings(_Section):
     def modality(self) -> "modalities.Modality":
         return modalities.get(self.data.modality)
 
-    # Where each stage's outputs live (docs/architecture.md, "Stages and their interfaces").
+    # Where each stage's outputs live (docs/architecture.md, "The stages").
     @property
     def shards_dir(self) -> str:
         return f"{self.workdir}/shards/{self.data.name}"

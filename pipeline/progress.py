@@ -23,6 +23,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
+from pipeline.fs import write_atomic
+
 _enabled = False
 
 
@@ -243,10 +245,7 @@ class StepFile:
             return
         self._last = time.monotonic()
         try:
-            tmp = f"{self.path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.state, f)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(self.state).encode())
         except OSError:
             self.path = None
 
@@ -260,9 +259,9 @@ def read_steps(path: str) -> dict | None:
 
 
 @contextmanager
-def watch(path: str, label: str, total: int, unit: str = "steps", shown: tuple[str, ...] = ()):
+def watch(path: str, label: str, total: int, unit: str = "steps", metrics: tuple[str, ...] = ()):
     """While the body runs (a Ray Train fit), show the steps rank 0 writes to `path`, with the
-    loss and the validation metrics named in `shown`."""
+    loss and the validation metrics named in `metrics`."""
     if not _enabled:
         yield
         return
@@ -279,7 +278,7 @@ def watch(path: str, label: str, total: int, unit: str = "steps", shown: tuple[s
             return
         if bar is None:  # from the step it starts at (a resumed run)
             bar = Progress(label, total, unit, initial=int(state.get("step", 0)))
-        facts = {k: state[k] for k in ("loss", *shown) if k in state}
+        facts = {k: state[k] for k in ("loss", *metrics) if k in state}
         bar.update(int(state.get("step", 0)), **facts)
 
     try:

@@ -121,10 +121,10 @@ TINY_STAGE1 = {"steps": 60, "batch_size": 32, "hidden": 32, "codebook_size": 32,
 def demo_shards(tmp_path_factory, ray_local, demo_raw) -> Path:
     """The small demo set sharded once (16x16); tests copy it into their own workdir."""
     from pipeline.config import load_settings
-    from pipeline.data.shard import shard_dataset
+    from pipeline.stages.shard import shard
 
     tmp = tmp_path_factory.mktemp("shards")
-    shard_dataset(load_settings(write_config(tmp / "c.yaml", tmp / "w", demo_raw)))
+    shard(load_settings(write_config(tmp / "c.yaml", tmp / "w", demo_raw)))
     return tmp / "w" / "shards" / "t"
 
 

@@ -277,7 +277,7 @@ def test_dockerfile_copies_existing_paths_and_installs_torch_before_the_project(
 
 
 def test_imagenet_config_has_the_papers_settings(imagenet):
-    from pipeline.train.fit_vqvae import build_model
+    from pipeline.stages.stage1 import build_model
 
     s1 = imagenet.stage1
     assert imagenet.data.name == "imagenet" and imagenet.data.root.startswith("s3://")

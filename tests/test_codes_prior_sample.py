@@ -21,8 +21,8 @@ from PIL import Image
 
 from conftest import TINY_STAGE1, run_job, workdir_with_shards, write_config
 from pipeline.config import load_settings
-from pipeline.data import codeset
-from pipeline.data.reader import SkipCounter, eval_batches, shard_urls
+from pipeline.formats import codes as codeset
+from pipeline.formats.reader import SkipCounter, eval_batches, shard_urls
 
 pytestmark = pytest.mark.slow  # the chain trains on Ray
 
@@ -33,9 +33,7 @@ TINY_STAGE2 = {"steps": 150, "batch_size": 32, "hidden": 32, "num_layers": 4, "k
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, ray_local, demo_raw, demo_shards):
     """stage 1 -> codes -> stage 2, once for the module."""
-    from pipeline.codes import dump_codes
-    from pipeline.train.fit_prior import train_prior
-    from pipeline.train.fit_vqvae import train_vqvae
+    from pipeline.stages import codes, stage1, stage2
 
     tmp = tmp_path_factory.mktemp("chain")
     work = workdir_with_shards(tmp, demo_shards)
@@ -44,10 +42,8 @@ def chain(tmp_path_factory, ray_local, demo_raw, demo_shards):
                        stage2={**TINY_STAGE2, "batch_size": 64}, codes={"batch_size": 64},
                        sample={"per_class": 3}, ray={"num_workers": 1, "cpus_per_worker": 1})
     settings = load_settings(cfg)
-    stage1 = train_vqvae(settings)
-    codes = dump_codes(settings)
-    stage2 = train_prior(settings)
-    return {"cfg": cfg, "settings": settings, "stage1": stage1, "codes": codes, "stage2": stage2}
+    return {"cfg": cfg, "settings": settings, "stage1": stage1.stage1(settings), "codes": codes.codes(settings),
+            "stage2": stage2.stage2(settings)}
 
 
 def _shard_labels(settings, split: str) -> dict[str, int]:
@@ -105,12 +101,12 @@ def test_codes_cover_every_sample_with_the_smallest_dtype(chain):
 
 
 def test_dumping_again_for_the_same_version_does_nothing(chain, capsys):
-    from pipeline.codes import dump_codes
+    from pipeline.stages.codes import codes
 
     path = f"{chain['settings'].codes_dir_for('1', chain['stage1']['run_id'])}/manifest.json"
     mtime = os.stat(path).st_mtime_ns
     capsys.readouterr()
-    assert dump_codes(chain["settings"]) == chain["codes"]
+    assert codes(chain["settings"]) == chain["codes"]
     assert "nothing to do" in capsys.readouterr().out
     assert os.stat(path).st_mtime_ns == mtime
 
@@ -149,10 +145,10 @@ def test_prior_beats_the_uniform_prior_and_records_its_vqvae(chain):
 
 
 def test_training_the_prior_again_does_nothing(chain, capsys):
-    from pipeline.train.fit_prior import train_prior
+    from pipeline.stages.stage2 import stage2
 
     capsys.readouterr()
-    assert train_prior(chain["settings"]) == chain["stage2"]
+    assert stage2(chain["settings"]) == chain["stage2"]
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -240,7 +236,7 @@ def test_a_corrupt_sample_and_a_truncated_shard_are_skipped_and_counted(chain, t
     """Runs last in the module: it adds a codes run to the chain's store (the shards are a copy)."""
     from mlflow import MlflowClient
 
-    from pipeline.codes import dump_codes
+    from pipeline.stages.codes import codes
 
     settings = chain["settings"]
     work = workdir_with_shards(tmp_path, Path(settings.shards_dir))
@@ -252,7 +248,7 @@ def test_a_corrupt_sample_and_a_truncated_shard_are_skipped_and_counted(chain, t
     kept, lost = _truncate(val_urls[-1], 0.6)
     assert kept and lost
 
-    manifest = dump_codes(damaged)  # finishes: nothing is fatal
+    manifest = codes(damaged)  # finishes: nothing is fatal
     assert manifest["skipped"] == {"train": 1, "val": len(lost)}
     run_id = chain["stage1"]["run_id"]
     good, folder = settings.codes_dir_for("1", run_id), damaged.codes_dir_for("1", run_id)

@@ -7,7 +7,8 @@ import pytest
 from conftest import REPO
 from pipeline.config import load_settings
 from pipeline.errors import UserError
-from pipeline.modalities.speech_convert import convert, dtw_path, mcd
+from pipeline.modalities.speech.scores import dtw_path, mcd
+from pipeline.stages.convert import convert
 
 RATE = 8000
 

@@ -20,9 +20,9 @@ from PIL import Image
 from conftest import REPO, TINY_STAGE1, ray_address, run_job, workdir_with_shards, write_config
 from pipeline import modalities
 from pipeline.config import load_settings
-from pipeline.data.reader import NoSamples, SkipCounter, train_batches
-from pipeline.data.shard import unique_keys
-from pipeline.data.sources import _key
+from pipeline.formats.reader import NoSamples, SkipCounter, train_batches
+from pipeline.stages.shard import unique_keys
+from pipeline.modalities.common import sample_key
 from pipeline.errors import UserError
 from pipeline.modalities import RawItem
 
@@ -41,7 +41,7 @@ def one_line_error(proc) -> str:
 
 def test_colliding_names_get_unique_keys_that_do_not_change_between_runs():
     names = ["x.jpg", "x.png", "x_1.jpg", "x 2.jpg", "x_2.jpg", "X.jpg"]
-    items = [RawItem(key=_key("cat", f"/r/train/cat/{n}"), path=f"/r/train/cat/{n}") for n in names]
+    items = [RawItem(key=sample_key(f"cat-{n.rsplit('.', 1)[0]}"), path=f"/r/train/cat/{n}") for n in names]
     keys = unique_keys(items)
     assert len(set(keys)) == len(names)
     assert unique_keys(items) == keys  # stable: the same listing, the same keys
@@ -71,10 +71,10 @@ def test_odd_names_are_kept_or_skipped_with_a_reason_and_no_phantom_class(tmp_pa
     shutil.copytree(demo_raw, root)
     skipped = _plant_odd_names(root)
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", root)
-    from pipeline.data.shard import shard_dataset
+    from pipeline.stages.shard import shard
 
-    first = shard_dataset(load_settings(cfg))
-    again = shard_dataset(load_settings(cfg, ["overwrite=true"]))
+    first = shard(load_settings(cfg))
+    again = shard(load_settings(cfg, ["overwrite=true"]))
     assert first["skipped"] == again["skipped"]  # deterministic reasons: the same manifest twice
     assert first["classes"] == sorted(p.name for p in (demo_raw / "train").iterdir())  # no "zz"
     reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in first["skipped"]}
@@ -200,46 +200,46 @@ def test_a_diverging_run_stops_in_one_line_and_registers_nothing(tmp_path, ray_l
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_outputs_are_keyed_by_content_across_a_lost_store_and_resharding(tmp_path, ray_local, demo_raw, demo_shards):
-    from pipeline.codes import dump_codes
-    from pipeline.data.shard import shard_dataset
-    from pipeline.sampling import sample
-    from pipeline.train.fit_prior import train_prior
-    from pipeline.train.fit_vqvae import run_name, train_vqvae
+    from pipeline.stages.codes import codes
+    from pipeline.stages.shard import shard
+    from pipeline.stages.sample import sample
+    from pipeline.stages.stage1 import run_name, stage1
+    from pipeline.stages.stage2 import stage2
 
     work = workdir_with_shards(tmp_path, demo_shards)
     tiny = {**TINY_STAGE1, "steps": 20, "val_every": 20, "checkpoint_every": 20, "codebook_size": 8}
     cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=tiny, stage2=TINY_STAGE2,
                        sample={"per_class": 1}, ray={"num_workers": 1})
     settings = load_settings(cfg)
-    first = train_vqvae(settings)
-    codes_8 = dump_codes(settings)
+    first = stage1(settings)
+    codes_8 = codes(settings)
     assert codes_8["codebook_size"] == 8
 
     # another MLflow store (the first lost, or swapped): its version 1 will be another model
     other = f"mlflow.tracking_uri=sqlite:///{work}/other/mlflow.db"
     with pytest.raises(UserError, match="not in the MLflow store"):
-        train_vqvae(load_settings(cfg, [other]))  # the finished run's model is not there: not "already finished"
+        stage1(load_settings(cfg, [other]))  # the finished run's model is not there: not "already finished"
     k16 = load_settings(cfg, ["stage1.codebook_size=16", other])
-    second = train_vqvae(k16)
+    second = stage1(k16)
     assert second["version"] == first["version"] == "1" and second["run_id"] != first["run_id"]
-    codes_16 = dump_codes(k16)  # not the K=8 codes of the lost v1
+    codes_16 = codes(k16)  # not the K=8 codes of the lost v1
     assert codes_16["codebook_size"] == 16 and codes_16["vqvae_run_id"] == second["run_id"]
-    prior = train_prior(k16)
+    prior = stage2(k16)
     assert prior["metrics"]["uniform_bits_per_code"] == 4.0  # log2 16: the right codes
-    assert Path(sample(k16)).is_file()
+    assert Path(sample(k16, report=False)).is_file()
 
     # re-sharding other data into the same folder: stage 1 is a new run, the codes are redone
     before = run_name(k16)
-    shard_dataset(load_settings(cfg, ["overwrite=true", "data.samples_per_shard=7", other]))
+    shard(load_settings(cfg, ["overwrite=true", "data.samples_per_shard=7", other]))
     assert run_name(k16) != before
     with pytest.raises(UserError, match="made from other shards"):
-        train_prior(k16)  # the codes of the old shards are refused, not trained on
-    redone = dump_codes(k16)
+        stage2(k16)  # the codes of the old shards are refused, not trained on
+    redone = codes(k16)
     assert redone["identity"]["shards_manifest_sha256"] != codes_16["identity"]["shards_manifest_sha256"]
 
     # the shards themselves: another data config is refused in one line, not reused
     with pytest.raises(UserError, match=r"another data config \(differs in data.image_size\)"):
-        shard_dataset(load_settings(cfg, ["data.image_size=24", "data.samples_per_shard=7", other]))
+        shard(load_settings(cfg, ["data.image_size=24", "data.samples_per_shard=7", other]))
 
 
 # ---- one writer per output -------------------------------------------------------------------

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 
 from conftest import TINY_STAGE1, run_job, workdir_with_shards, write_config
 from pipeline.config import load_settings
-from pipeline.data.reader import SkipCounter, eval_batches, shard_urls
-from pipeline.train.fit_vqvae import build_model, run_name, train_vqvae
+from pipeline.formats.reader import SkipCounter, eval_batches, shard_urls
+from pipeline.stages.stage1 import build_model, run_name, stage1
 
 pytestmark = pytest.mark.slow  # every test here trains on Ray or runs a job
 
@@ -40,7 +40,7 @@ def test_trains_logs_registers_and_reloads(tmp_path, ray_local, demo_raw, demo_s
     settings = stage1_settings(tmp_path, demo_raw, demo_shards)
     settings.ray.loader_workers = 1  # batches decoded in a process forked from each Ray Train worker
     started = time.time()
-    done = train_vqvae(settings)
+    done = stage1(settings)
     # the checkpoint folders written for Ray Train are gone once reported, and the pictures' folders
     # once logged (both used to stay in /tmp: ~430 picture folders after one run of the suite)
     tmp = Path(tempfile.gettempdir())
@@ -90,7 +90,7 @@ def test_trains_logs_registers_and_reloads(tmp_path, ray_local, demo_raw, demo_s
 
     # a re-run with the same config does nothing
     capsys.readouterr()
-    assert train_vqvae(settings) == done
+    assert stage1(settings) == done
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -126,7 +126,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, ray_local, demo_ra
                               args=(Path(settings.runs_dir) / run_name(settings), killed,
                                     ray_local.get_runtime_context().gcs_address))
     killer.start()
-    done = train_vqvae(settings)
+    done = stage1(settings)
     killer.join()
     assert killed, "no worker was killed"
     client = MlflowClient(settings.tracking_uri)

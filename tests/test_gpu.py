@@ -248,7 +248,7 @@ def _train_three_ways(ddp_class) -> dict:
 
 def test_loader_batches_arrive_pinned_and_copy_to_cuda(shards):
     from pipeline import modalities
-    from pipeline.data.reader import SkipCounter, TrainStream, loader
+    from pipeline.formats.reader import SkipCounter, TrainStream, loader
 
     batches = loader(TrainStream(shards, 8, 0, 0, modalities.get("image"), "the test shards"), 2, True,
                      SkipCounter())
@@ -265,7 +265,7 @@ def _actor_codes(shards: list[str], folder: str, bf16: bool) -> tuple[np.ndarray
     """The codes job's actor (on cuda when there is one) over `decode_shard`'s rows of the first
     shard, as Ray Data hands them over: (the actor's codes, the CPU's fp32 codes of the same
     model), both (B, h, w)."""
-    from pipeline.codes import EncoderActor, decode_shard
+    from pipeline.stages.codes import EncoderActor, decode_shard
     from pipeline.tracking import save_model_files
 
     rows = decode_shard({"path": shards[0], "split": "train"}, "image", ["labels"])

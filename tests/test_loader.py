@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline import modalities
-from pipeline.data.reader import NoSamples, SkipCounter, TrainStream, loader, train_batches
+from pipeline.formats.reader import NoSamples, SkipCounter, TrainStream, loader, train_batches
 
 IMAGE = modalities.get("image")
 
@@ -84,7 +84,8 @@ def test_crops_are_drawn_in_the_workers_and_differ_between_them(tmp_path):
     """Speech trains on random segments: the crops happen in the workers, each its own."""
     import numpy as np
 
-    from pipeline.modalities.speech import SpeechStage1, encode_flac
+    from pipeline.modalities.speech.audio import encode_flac
+    from pipeline.modalities.speech.settings import SpeechStage1
 
     speech = modalities.get("speech")
     path = tmp_path / "train-0.tar"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.models.metrics import gaussian_bits_per_dim, perplexity, psnr
-from pipeline.modalities.image import mse_metrics, to_pixels, to_tensor
+from pipeline.modalities.common import mse_metrics, to_pixels
+from pipeline.modalities.image import to_tensor
 
 
 def test_psnr_of_signals_in_0_1():

@@ -139,7 +139,7 @@ def _torch_loaded_after(code: str) -> list[str]:
     import sys
 
     code = ("import sys\n"
-            "from pipeline.data.shard import *\n"
+            "from pipeline.stages.shard import *\n"
             "from pipeline import modalities\n"
             "from pipeline.modalities import RawItem\n"
             + code +
@@ -171,7 +171,7 @@ def test_sharding_photos_and_reading_shards_for_codes_import_no_torch(tmp_path):
         f"raw = open({str(tmp_path / 'a.png')!r}, 'rb').read()\n"
         "example = m.preprocess(raw, RawItem(key='a', path='a.png', cond={'labels': 3}), data)\n"
         "assert set(m.to_members(example)), example\n"
-        "from pipeline.codes import read_shard\n"
+        "from pipeline.stages.codes import read_shard\n"
         f"[row] = read_shard({{'path': {str(tmp_path / 'a.tar')!r}, 'split': 'val'}})\n"
         "assert row['key'] == 'a' and row['exts'] == ['png'] and row['split'] == 'val', row\n"
     ) == []

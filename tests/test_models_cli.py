@@ -1,4 +1,4 @@
-"""jobs/models.py (pipeline/registry_cli.py) against a real MLflow SQLite store holding tiny real models
+"""jobs/models.py (pipeline/stages/models.py) against a real MLflow SQLite store holding tiny real models
 registered the way stage 1 and stage 2 register theirs: list, show, promote, their one-line
 errors, and the two models:/ URI forms every job that takes a model accepts."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -20,13 +21,13 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, run_job, write_config
-from pipeline import registry_cli as registry
 from pipeline import tracking
 from pipeline.config import load_settings
 from pipeline.errors import UserError
 from pipeline.models.pixelcnn import GatedPixelCNN
 from pipeline.models.vqvae import VQVAE
-from pipeline.sampling import sample
+from pipeline.stages import models as registry
+from pipeline.stages.sample import sample
 
 SHA = "0123456789abcdef" * 4
 VQVAE_LINEAGE = {"shards": "/data/shards/demo", "shards_manifest_sha256": SHA, "dataset": "demo",
@@ -46,12 +47,21 @@ def tiny_prior(seed: int) -> GatedPixelCNN:
 
 
 def register(exp_id: str, model, name: str, metric: str, value: float, history: dict[int, dict],
-             lineage: dict, metadata: dict | None = None) -> str:
-    """Log `history` ({step: metrics}) and the model in one run, register it as stage 1/2 do."""
+             lineage: dict, metadata: dict | None = None, old: bool = False) -> str:
+    """Log `history` ({step: metrics}) and the model in one run, register it as stage 1/2 do.
+    `old`: its config.json as a version registered before 2026-11-26 has it (format 1: no format
+    key, `grid_shape` for `latent_shape`, no conditioning table)."""
     with tracking.start_run(exp_id, f"{name}-{value}") as run:
         for step, metrics in history.items():
             mlflow.log_metrics(metrics, step=step)
-        tracking.log_model(model, metadata={**lineage, **(metadata or {})})
+        with tempfile.TemporaryDirectory() as folder:
+            tracking.save_model_files(model, folder, {**lineage, **(metadata or {})})
+            if old:
+                config = json.loads((Path(folder) / "config.json").read_text())
+                config.pop("format")
+                config["grid_shape"] = config.pop("latent_shape")
+                (Path(folder) / "config.json").write_text(json.dumps(config))
+            mlflow.log_artifacts(folder, "model")
     version, _ = tracking.register_model(run.info.run_id, "model", name, metric, value,
                                          tags={k: str(v) for k, v in lineage.items()})
     return version
@@ -74,7 +84,7 @@ def built(tmp_path_factory):
     bpd = {10: 0.5, 20: 0.4, 30: 0.45}
     register(exp_id, tiny_prior(3), "prior-demo", "val_nll_bits_per_code", 2.5,
              {s: {"val_nll_bits_per_code": nll[s], "val_bits_per_dim": bpd[s], "uniform_bits_per_code": 3.0}
-              for s in nll}, PRIOR_LINEAGE, {"stage": "stage2", "grid_shape": [4, 4]})
+              for s in nll}, PRIOR_LINEAGE, {"stage": "stage2", "latent_shape": [4, 4]}, old=True)
     mlflow.set_tracking_uri(before)
     return root / "mlflow.db"
 
@@ -120,7 +130,7 @@ def cli(capsys, monkeypatch):
 
 
 def aliases(name: str) -> dict[str, str]:
-    """The registry's own record, read past pipeline.registry_cli (the SQL store gives ints)."""
+    """The registry's own record, read past pipeline.stages.models (the SQL store gives ints)."""
     return {a: str(v) for a, v in MlflowClient().get_registered_model(name).aliases.items()}
 
 
@@ -180,7 +190,8 @@ def test_show_takes_every_uri_form_and_a_bare_name(store):
     assert [r["version"] for r in registry.show("vqvae-demo")] == ["1", "2"]
     prior = registry.show("prior-demo")[0]
     assert prior["metrics"]["val_bits_per_dim"] == 0.4 and prior["run_metrics"]["val_bits_per_dim"] == 0.45
-    assert prior["config"]["grid_shape"] == [4, 4]
+    # its config.json is of format 1, read through the one converter
+    assert prior["config"]["latent_shape"] == [4, 4] and prior["config"]["cond"]["labels"]["size"] == 3
 
 
 def test_promote_moves_the_alias_and_the_champion_rule_follows_it(store, tmp_path, cli):
@@ -260,20 +271,22 @@ def test_jobs_take_a_model_by_alias_or_by_version(store, tmp_path):
             sample={"prior": prior, "per_class": 1}))
         assert tracking.resolve(settings.codes.model)["version"] == "2"
         assert tracking.resolve(settings.stage2.vqvae)["version"] == "2"
-        images.append(Path(sample(settings)).read_bytes())
+        images.append(Path(sample(settings, report=False)).read_bytes())
     assert images[0] == images[1]
 
 
 def test_the_report_of_a_registered_prior_shows_its_registered_step(store, tmp_path):
     """jobs/sample.py's report, rebuilt from the registry: the prior's numbers at the step it was
     registered on (its best validation, step 20), not its last (30); its VQ-VAE's from v2."""
-    from pipeline.report import results_from_registry
+    from pipeline.stages.report import results_from_registry
 
     settings = load_settings(write_config(tmp_path / "c.yaml", tmp_path / "w", tmp_path / "raw", data={"name": "demo"},
                                           mlflow={"tracking_uri": store, "experiment": "demo"}))
     results = results_from_registry(settings, "models:/prior-demo@champion")
     assert results["stage2"]["version"] == "1"
-    assert results["stage2"]["metrics"] == {"val_nll_bits_per_code": 2.5, "val_bits_per_dim": 0.4, "step": 20}
+    # (its key metrics come from the tags of versions registered before 2026-11-26, derived)
+    assert results["stage2"]["metrics"] == {"val_nll_bits_per_code": 2.5, "val_bits_per_dim": 0.4,
+                                            "uniform_bits_per_code": 3.0, "step": 20}
     assert results["stage1"]["version"] == "2" and results["stage1"]["metrics"]["val_mse"] == 0.25
     assert results["codes"] == {} and results["shard"] == {}  # neither on this machine: left out of the page
 

@@ -158,12 +158,6 @@ def test_bad_configuration_is_refused():
         GatedPixelCNN(kernel_size=4)
 
 
-def test_configs_of_priors_registered_before_the_rename_still_build():
-    old = {"num_codes": 13, "num_classes": 4, "hidden": 8, "num_layers": 3, "kernel_size": 5, "embed_dim": None}
-    prior = GatedPixelCNN.from_config(old)
-    assert prior.codebook_size == 13 and prior.cond_key == "labels"
-
-
 def test_the_loss_is_the_cross_entropy_in_bits_over_unmasked_positions():
     torch.manual_seed(0)
     prior = GatedPixelCNN(codebook_size=11, num_classes=0, hidden=8, num_layers=2, kernel_size=3)

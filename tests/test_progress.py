@@ -96,7 +96,7 @@ def test_the_driver_shows_what_rank_0_writes(on, tmp_path, capsys):
             writer.write(step, loss=1.0 / step, **({"val_psnr": 20.0 + step / 10} if step % 20 == 0 else {}))
             time.sleep(0.04)
 
-    with progress.watch(path, "stage1 t", 40, shown=("val_psnr",)):
+    with progress.watch(path, "stage1 t", 40, metrics=("val_psnr",)):
         thread = threading.Thread(target=train)
         thread.start()
         thread.join()

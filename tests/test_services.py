@@ -162,7 +162,7 @@ def test_jobs_submitted_to_a_real_head_log_to_a_real_mlflow_server(tmp_path, dem
         assert not (work / "mlflow.db").exists()  # nothing went to the local default store
 
         # a video job goes the same way: ViZDoom clips with their actions, sharded on the head
-        from pipeline.modalities.video_demo import make_demo_data
+        from pipeline.modalities.video.demo import make_demo_data
 
         make_demo_data(tmp_path / "clips", train_clips=3, val_clips=1, frames=8, size=16, workers=1)
         video_cfg = tmp_path / "video.yaml"

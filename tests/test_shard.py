@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import REPO, ray_address, run_job, write_config
 from pipeline.config import load_settings
-from pipeline.data.shard import shard_dataset
+from pipeline.stages.shard import shard
 from pipeline.modalities import image as modality
 
 pytestmark = pytest.mark.slow  # every test here starts Ray or runs a job
@@ -50,7 +50,7 @@ def sharded(tmp_path_factory, ray_local, demo_raw):
     tmp = tmp_path_factory.mktemp("shard")
     cfg = write_config(tmp / "c.yaml", tmp / "w", demo_raw)
     settings = load_settings(cfg)
-    manifest = shard_dataset(settings)
+    manifest = shard(settings)
     return settings, manifest, Path(settings.shards_dir)
 
 
@@ -103,7 +103,7 @@ def test_shards_read_back_with_webdataset(sharded):
 def test_rerun_is_a_no_op(sharded, capsys):
     settings, manifest, out = sharded
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    assert shard_dataset(settings) == manifest
+    assert shard(settings) == manifest
     assert "nothing to do" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
@@ -187,8 +187,8 @@ def test_killed_run_is_detected_and_finished(tmp_path, demo_raw, sharded, ray_lo
 
 def test_overwrite_redoes_finished_output(tmp_path, demo_raw, ray_local):
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw)
-    first = shard_dataset(load_settings(cfg))
-    redone = shard_dataset(load_settings(cfg, ["overwrite=true", "data.samples_per_shard=50"]))
+    first = shard(load_settings(cfg))
+    redone = shard(load_settings(cfg, ["overwrite=true", "data.samples_per_shard=50"]))
     assert len(redone["splits"]["train"]["shards"]) == 3 < len(first["splits"]["train"]["shards"])
     assert sorted(p.name for p in (tmp_path / "w/shards/t/train").iterdir()) == \
         [f"train-{i:06d}.tar" for i in range(3)]

@@ -1,4 +1,4 @@
-"""Raw layouts (pipeline/data/sources.py): ImageNet's class folders, its official flat val/ with LOC_val_solution.csv, and a
+"""Raw layouts (pipeline/modalities/folders.py): ImageNet's class folders, its official flat val/ with LOC_val_solution.csv, and a
 seeded held-out fraction of train when there is no val/ at all."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from pipeline.data.sources import list_class_layout
+from pipeline.modalities.folders import list_class_layout
 from pipeline.errors import UserError
 from pipeline.modalities.image import is_candidate
 

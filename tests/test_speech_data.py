@@ -211,13 +211,13 @@ def test_shards_count_bad_files_and_hours_per_speaker(tmp_path, ray_local):
     import yaml
 
     from pipeline.config import load_settings
-    from pipeline.data.shard import shard_dataset
+    from pipeline.stages.shard import shard
 
     root = vctk_080(tmp_path / "VCTK-Corpus")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"workdir": str(tmp_path / "w"), "data": {
         "name": "t", "root": str(root), "modality": "speech", "samples_per_shard": 5, "val_fraction": 0.2}}))
-    manifest = shard_dataset(load_settings(cfg))
+    manifest = shard(load_settings(cfg))
     assert manifest["splits"]["train"]["samples"] + manifest["splits"]["val"]["samples"] == 18
     reasons = sorted(s["reason"].split(":")[0] for s in manifest["skipped"])
     assert len(reasons) == len(BAD) and any(r.startswith("sample rate") for r in reasons)
@@ -226,5 +226,5 @@ def test_shards_count_bad_files_and_hours_per_speaker(tmp_path, ray_local):
     assert abs(total_hours * 3600 - 18 * 0.6) < 0.5
     assert stats["train"]["speaker/p226/utterances"] + stats["val"]["speaker/p226/utterances"] == 6
     assert manifest["speakers"][0]["id"] == "p225" and manifest["cond"]["speaker"]["size"] == 3
-    again = shard_dataset(load_settings(cfg))  # the same files: reused
+    again = shard(load_settings(cfg))  # the same files: reused
     assert json.dumps(again, sort_keys=True) == json.dumps(manifest, sort_keys=True)

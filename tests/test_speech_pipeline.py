@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # the jobs join the session's 
 
 
 def test_speech_runs_through_the_pipeline_then_converts_voices(tmp_path, ray_local):
-    from pipeline.modalities.speech_demo import make_demo_corpus
+    from pipeline.modalities.speech.demo import make_demo_corpus
 
     work = tmp_path / "w"
     made = make_demo_corpus(work / "raw", per_speaker=10, speakers=4)

@@ -109,8 +109,9 @@ def test_prior_roundtrip_and_class_checks(store):
 
 
 def test_models_registered_before_the_modality_seam_still_load(store, tmp_path):
-    """Files as stage 1 and stage 2 wrote them until 2026-11-26: a VQ-VAE with the unused
-    `code_counts` buffer, a prior whose config says `num_codes`."""
+    """Files as stage 1 and stage 2 wrote them until 2026-11-26 (format 1, no format key): a VQ-VAE
+    with the unused `code_counts` buffer, a prior whose config says `num_codes`. The one converter
+    of pipeline/formats/models.py reads them; a format newer than this pipeline's is refused."""
     from safetensors.torch import load_file, save_file
 
     vqvae, prior = small_vqvae(), small_prior()
@@ -121,6 +122,7 @@ def test_models_registered_before_the_modality_seam_still_load(store, tmp_path):
         weights = {**load_file(folder / tracking.WEIGHTS_FILE), **extra}
         save_file(weights, folder / tracking.WEIGHTS_FILE, metadata={"class": name})
         config = json.loads((folder / tracking.CONFIG_FILE).read_text())
+        assert config.pop("format") == 2
         if name == "GatedPixelCNN":
             config["config"]["num_codes"] = config["config"].pop("codebook_size")
             config["config"].pop("cond_key")
@@ -132,6 +134,13 @@ def test_models_registered_before_the_modality_seam_still_load(store, tmp_path):
         old = tracking.load_prior(str(tmp_path / "GatedPixelCNN"))
         assert torch.equal(old.logits(codes, {"labels": torch.tensor([1])}),
                            prior.logits(codes, {"labels": torch.tensor([1])}))
+    assert tracking.model_metadata(str(tmp_path / "GatedPixelCNN"))["config"]["codebook_size"] == 8
+    newer = tmp_path / "newer"
+    tracking.save_model_files(prior, newer)
+    (newer / tracking.CONFIG_FILE).write_text(json.dumps({**json.loads((newer / tracking.CONFIG_FILE).read_text()),
+                                                          "format": 3}))
+    with pytest.raises(UserError, match=r"config.json is of format 3, newer than this pipeline reads \(2\)"):
+        tracking.load_prior(str(newer))
 
 
 def test_champion_moves_only_to_a_better_version(store):

@@ -40,7 +40,7 @@ def test_space_is_validated_before_any_trial(tmp_path, demo_raw):
 
 
 def test_an_override_set_on_the_command_line_changes_one_key_of_every_trial(tmp_path, demo_raw):
-    from pipeline.tuning import trial_settings
+    from pipeline.stages.tune import trial_settings
 
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw, stage1={**TINY_STAGE1, "hidden": 48},
                        tune={"space": {"stage1.codebook_size": [8, 16]},
@@ -63,7 +63,7 @@ def test_a_grid_whose_trials_score_different_signals_is_refused_before_anything_
     search would keep whichever number is lower, so it refuses in one line, before Ray or MLflow."""
     import yaml
 
-    from pipeline.tuning import trial_settings, tune_codebook
+    from pipeline.stages.tune import trial_settings, tune
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"workdir": str(tmp_path / "w"),
@@ -71,10 +71,10 @@ def test_a_grid_whose_trials_score_different_signals_is_refused_before_anything_
                                             "sample_rate": 8000},
                                    "tune": {"space": {"stage1.lpc_order": [0, 16]}}}))
     with pytest.raises(UserError, match=r"tune.space: .*val_bits_per_sample would score different signals"):
-        tune_codebook(load_settings(cfg))
+        tune(load_settings(cfg))
     assert not (tmp_path / "w").exists()  # nothing was started or written
     alike = load_settings(cfg, ['tune.space={"stage1.codebook_size": [8, 16]}', "stage1.lpc_order=16"])
-    assert {alike.modality.metric_scale(t) for t in
+    assert {alike.modality.metric_scale(t.data, t.stage1) for t in
             (trial_settings(alike, {"stage1.codebook_size": k}) for k in (8, 16))} == {
         "sample_rate=8000 lpc_order=16 preemphasis=0.0"}
 
@@ -166,7 +166,7 @@ def _checkpointed_step(run_dir: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_killed_search_resumes_its_trials_from_their_checkpoints(tmp_path, ray_local, demo_raw, demo_shards):
-    from pipeline.tuning import search_name
+    from pipeline.stages.tune import search_name
 
     work = workdir_with_shards(tmp_path, demo_shards)
     cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1=TINY_STAGE1,

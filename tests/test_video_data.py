@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.modalities import SkipSample, get
-from pipeline.modalities.video import (TRUNCATED, VideoData, decode_video, frames_to_png, png_to_frames, resample,
-                                       to_tensor, video_pixels, windows)
+from pipeline.modalities.video import TRUNCATED
+from pipeline.modalities.video.decode import decode_video, resample
+from pipeline.modalities.video.settings import VideoData
+from pipeline.modalities.video.windows import frames_to_png, png_to_frames, to_tensor, video_pixels, windows
 
 SIZE = 16
 

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # the jobs join the session's 
 
 
 def test_video_runs_through_the_pipeline_job_with_a_report(tmp_path, ray_local):
-    from pipeline.modalities.video_demo import make_demo_data
+    from pipeline.modalities.video.demo import make_demo_data
 
     work = tmp_path / "w"
     made = make_demo_data(work / "raw", train_clips=12, val_clips=4, frames=12, size=32)

@@ -221,7 +221,7 @@ def test_sample_scores_are_per_frame_psnr_averaged_and_the_action_gap_is_paired(
     """The sample job's scores: a window's PSNR is the mean of its frames' PSNRs (20 and 40 dB
     give 30, not the ~23 of the pooled error), generated pixels are clamped to the image range
     first; the action gap is taken window by window, with its standard error and win fraction."""
-    from pipeline.modalities.video_sampling import paired_gap, window_psnr
+    from pipeline.modalities.video.sampling import paired_gap, window_psnr
 
     real = torch.zeros(2, 3, 2, 4, 4)
     made = real.clone()

@@ -4,7 +4,8 @@ Images, speech and video differ in a few places only: where the raw inputs are, 
 sample, how a sample is stored in a tar and read back, how samples make a batch, which models
 fit them, how validation is scored and how results are written. Each kind of data answers these
 in one `Modality` object; `data.modality` in the config selects it through `get(name)`. The
-shard, training, codes and sampling code asks the modality and never branches on its name.
+shard, training, codes and sampling stages ask the modality and never branch on its name, and
+the modality's hooks take the config sections they need, never the whole settings tree.
 
     modality = get(settings.data.modality)        # "image", or "package.module:ATTRIBUTE"
     listing = modality.find(settings.data)        # splits of RawItems, conditioning, manifest fields
@@ -16,10 +17,14 @@ shard, training, codes and sampling code asks the modality and never branches on
 A modality outside this package (a plugin, or one a test defines) is named by its import path,
 `data.modality: mypackage.speech:MODALITY`; importing it registers it. Training and codes run in
 Ray workers, which must be able to import it too (install it, or put it on PYTHONPATH).
+
+A modality whose libraries come with an extra (`pip install 'vqvae-pipeline[speech]'`) says so
+with `require` when it is imported: a missing one is one line naming the pip command.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,30 +34,19 @@ if TYPE_CHECKING:  # torch is imported where a tensor is made: Ray Data's shard 
     import torch
     from torch import Tensor
 
-from pipeline.sections import SampleConfig, Section, Stage1Config, Stage2Config
+from pipeline.errors import UserError
+from pipeline.formats import CondSpec
+from pipeline.modalities import common
+from pipeline.sections import SampleSection, Section, Stage1Section, Stage2Section
+
+__all__ = ["Batch", "CondSpec", "DataSection", "Item", "Listing", "Modality", "MissingExtra", "RawItem",
+           "SkipSample", "get", "model_classes", "names", "pixels_to_model", "register", "require"]
 
 # ---- what stages exchange ------------------------------------------------------------------------
 
 
 class SkipSample(Exception):
     """A raw input that cannot become a sample; the message is the reason recorded in the manifest."""
-
-
-@dataclass(frozen=True)
-class CondSpec:
-    """One conditioning input of the models: `kind` "class" (one id per sample: an ImageNet
-    class, a VCTK speaker) or "sequence" (one id per step: an action per video frame), with
-    `size` ids (0 .. size-1) and optional names."""
-    kind: str
-    size: int
-    names: tuple[str, ...] = ()
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "size": self.size, "names": list(self.names)}
-
-    @classmethod
-    def from_json(cls, value: dict) -> "CondSpec":
-        return cls(value["kind"], int(value["size"]), tuple(value.get("names", ())))
 
 
 @dataclass(frozen=True)
@@ -146,20 +140,27 @@ class Modality:
 
     name: ClassVar[str]
     DataConfig: ClassVar[type[DataSection]] = DataSection
-    # The stage sections, subclassed by a modality that has its own fields or defaults (speech:
-    # the WaveNet's sizes, the training crop; sample: the length of a sampled utterance).
-    Stage1Config: ClassVar[type[Stage1Config]] = Stage1Config
-    Stage2Config: ClassVar[type[Stage2Config]] = Stage2Config
-    SampleConfig: ClassVar[type[SampleConfig]] = SampleConfig
+    # The `stage1:`, `stage2:` and `sample:` sections: the stage's shared fields plus the fields of
+    # the model the modality builds (pipeline/sections.py). By default the paper's VQ-VAE and the
+    # Gated PixelCNN; speech and video declare their own models' sections.
+    Stage1Config: ClassVar[type[Stage1Section]] = common.VQVAEStage1
+    Stage2Config: ClassVar[type[Stage2Section]] = common.PixelCNNStage2
+    SampleConfig: ClassVar[type[SampleSection]] = SampleSection
     # The metric stage 1 registers models on and Ray Tune searches on (lower is better), and the
     # run metrics `jobs/models.py` shows beside it.
     selection_metric: ClassVar[str] = "val_loss"
     key_metrics: ClassVar[tuple[str, ...]] = ()
     # The paper's reference number (with its setting) beside a metric, for the run's report.
     paper_references: ClassVar[dict[str, str]] = {}
-    # Model classes beyond the shared ones (pipeline.models.MODEL_CLASSES) that this modality's
-    # registered models may be; loading builds only classes named here.
+    # Model classes beyond pipeline.models' own that this modality's registered models may be
+    # (a plugin's); loading builds only classes named in one of the two.
     model_classes: ClassVar[dict[str, type[torch.nn.Module]]] = {}
+    # The scores `evaluate` returns (none here), logged on the model's run after stage 1, and the
+    # artifact folder of that run its files go to.
+    evaluation_metrics: ClassVar[tuple[str, ...]] = ()
+    evaluation_folder: ClassVar[str] = "evaluation"
+    # The conditioning a conversion replaces (speech: "speaker"); None: the modality converts nothing.
+    conversion_cond: ClassVar[str | None] = None
 
     # shard ------------------------------------------------------------------
     def find(self, data: DataSection) -> Listing:
@@ -201,7 +202,7 @@ class Modality:
         cond = {k: torch.as_tensor([it.cond[k] for it in items], dtype=torch.long) for k in items[0].cond}
         return Batch(x, cond, None, [it.key for it in items])
 
-    def crop(self, item: Item, stage1: Stage1Config, rng) -> Item:
+    def crop(self, item: Item, stage1: Stage1Section, rng) -> Item:
         """What stage 1 trains on (rng: a random.Random) and validates on (rng None) of a sample:
         the whole of it here; a random segment of an utterance for speech."""
         return item
@@ -212,16 +213,21 @@ class Modality:
         return None
 
     # models -----------------------------------------------------------------
-    def build_autoencoder(self, stage1, data: DataSection, cond: dict[str, CondSpec]) -> torch.nn.Module:
+    def build_autoencoder(self, stage1: Stage1Section, data: DataSection, cond: dict[str, CondSpec]) -> torch.nn.Module:
         """The stage-1 model; `cond` is the conditioning the shards carry (a speaker-conditioned
         decoder needs the number of speakers)."""
         raise NotImplementedError
 
-    def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec],
+    def build_prior(self, stage2: Stage2Section, codebook_size: int, cond: dict[str, CondSpec],
                     latent_shape: list[int] | None = None, data: DataSection | None = None) -> torch.nn.Module:
         """The stage-2 model over the codes; `latent_shape` is their shape when it is fixed (None
         when it varies), `data` the data section (a video prior needs the window's frames)."""
         raise NotImplementedError
+
+    def metric_scale(self, data: DataSection, stage1: Stage1Section) -> str | None:
+        """What `selection_metric` scores, when settings can change that (then versions are
+        compared for the champion only with versions that scored the same). None: always alike."""
+        return None
 
     # scoring and writing ----------------------------------------------------------
     def val_sums(self, batch: Batch, out: Any) -> dict[str, float]:
@@ -235,12 +241,8 @@ class Modality:
         dimension, which stage 2 adds to the prior's bits to give the model's bits per dim."""
         raise NotImplementedError
 
-    def shown_length(self, stage1: Stage1Config, data: DataSection) -> int | None:
-        """Positions of a validation sample shown beside its reconstruction (None: all of it)."""
-        return None
-
-    def sample_latent_shape(self, data: DataSection, sample: SampleConfig, dims_per_code: int) -> tuple[int, ...] | None:
-        """The code shape to sample when the codes vary in shape (None: they do not)."""
+    def example_length(self, stage1: Stage1Section, data: DataSection) -> int | None:
+        """Positions of a validation sample written beside its reconstruction (None: all of it)."""
         return None
 
     def write(self, groups: list[list[Tensor]], path_stem: str, data: DataSection) -> list[str]:
@@ -249,29 +251,44 @@ class Modality:
         per class. Written atomically; returns the paths, the main one first."""
         raise NotImplementedError
 
-    def draw_samples(self, settings, prior, vqvae, meta: dict, device, stem: str) -> tuple[list[str], dict]:
-        """What jobs/sample.py makes with the prior and the decoder: the files (at `stem` + an
-        extension, the main one first) and metrics to log. Here: `sample.per_class` samples of each
-        class (or unconditional ones) drawn in one batch, decoded and written by `write`. Video
-        overrides it: it continues val windows under their true and shuffled actions."""
-        from pipeline.sampling import draw_per_class
-
-        return draw_per_class(settings, prior, vqvae, meta, device, stem), {}
-
-    def decoder_options(self, sample: SampleConfig) -> dict:
-        """Keyword arguments of the VQ-VAE's decode_indices when sampling (speech: the WaveNet's
-        temperature). None here."""
-        return {}
-
-    def metric_scale(self, settings) -> str | None:
-        """What `selection_metric` scores, when settings can change that (then versions are
-        compared for the champion only with versions that scored the same). None: always alike."""
+    # sampling ---------------------------------------------------------------
+    def sample_latent_shape(self, data: DataSection, sample: SampleSection, dims_per_code: int) -> tuple[int, ...] | None:
+        """The code shape to sample when the codes vary in shape (None: they do not)."""
         return None
 
-    def evaluate_model(self, settings, model_uri: str) -> dict:
-        """Scores beyond validation's, computed once stage 1 registered the model at `model_uri`
-        and logged on its MLflow run (speech: voice conversion). None here."""
+    def decoder_options(self, sample: SampleSection) -> dict:
+        """Keyword arguments of the VQ-VAE's decode_indices when sampling (speech: the WaveNet's
+        temperature and progress). None here."""
         return {}
+
+    def draw_samples(self, prior, vqvae, meta: dict, data: DataSection, sample: SampleSection, shards_dir: str,
+                     device, stem: str) -> tuple[list[str], dict]:
+        """What jobs/sample.py makes with the prior and the decoder: the files (at `stem` + an
+        extension, the main one first) and metrics to log. `meta` is the prior's config.json,
+        `shards_dir` the shards a modality may read real samples from. Here: `sample.per_class`
+        samples of each class (or unconditional ones) drawn in one batch, decoded and written by
+        `write`. Video continues val windows under their true and shuffled actions instead."""
+        return common.draw_per_class(self, prior, vqvae, meta, data, sample, device, stem), {}
+
+    # after stage 1 ----------------------------------------------------------
+    def evaluation_settings(self, sample: SampleSection) -> str | None:
+        """What `evaluate`'s scores depend on besides the model, as text: scores a model's run
+        holds from the same text are reused. None: the modality has no evaluation."""
+        return None
+
+    def evaluate(self, model, shards_dir: str, data: DataSection, sample: SampleSection, device,
+                 out_dir: str) -> tuple[dict, list[str]]:
+        """Scores beyond validation's for a trained autoencoder (`evaluation_metrics`; speech:
+        voice conversion) and files that show them, written under `out_dir`."""
+        raise NotImplementedError
+
+    def convert(self, load_model, shards_dir: str, source: str, target: str, out_dir: str, data: DataSection,
+                sample: SampleSection, device, seconds: float | None = None) -> "Conversion":
+        """One sample (`source`: an input file, or a val sample's key) decoded under the
+        `conversion_cond` of `target` (a name or id of the shards' table), written under
+        `out_dir`. `load_model()` gives the autoencoder, called once the request is known to be
+        good. Only for a modality with a `conversion_cond`."""
+        raise NotImplementedError
 
     def make_demo(self, data: DataSection, small: bool = False) -> dict:
         """Small real demo data at `data.root`, made offline (jobs/pipeline.py, `data.make_demo`);
@@ -280,7 +297,31 @@ class Modality:
         raise NotImplementedError(f"modality {self.name!r} has no demo data")
 
 
-# ---- the registry --------------------------------------------------------------------------------
+@dataclass
+class Conversion:
+    """What `Modality.convert` made: its name (`<source>-to-<target>`), the target's name, the
+    files (the main one first), the seconds the decoding took and a line for a person."""
+    name: str
+    target: str
+    files: list[str]
+    seconds: float
+    summary: str
+
+
+# ---- extras and the registry ---------------------------------------------------------------------
+
+
+class MissingExtra(UserError):
+    """A modality's libraries are not installed."""
+
+
+def require(extra: str, *modules: str) -> None:
+    """Raise MissingExtra, one line naming the pip command, when a module of `extra` is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"the {extra} modality needs {', '.join(missing)}, which the base install leaves out: "
+                           f"pip install 'vqvae-pipeline[{extra}]' (or pip install -e '.[{extra}]' in a checkout)")
+
 
 _REGISTRY: dict[str, Modality] = {}
 _BUILTIN = {"image": "pipeline.modalities.image", "speech": "pipeline.modalities.speech",
@@ -295,7 +336,8 @@ def register(modality: Modality) -> Modality:
 
 def get(name: str) -> Modality:
     """The modality called `name`: a built-in one, or `package.module:ATTRIBUTE` (imported and
-    registered under that whole name). Raises ValueError for an unknown one."""
+    registered under that whole name). Raises ValueError for an unknown one, MissingExtra when
+    its libraries are not installed."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name in _BUILTIN:
@@ -320,12 +362,11 @@ def names() -> list[str]:
 
 
 def model_classes() -> dict[str, type[torch.nn.Module]]:
-    """The model classes a registered model may be: the shared ones and every loaded modality's."""
+    """The model classes a registered model may be: pipeline.models' own and those of every
+    modality loaded in this process (a plugin's)."""
     from pipeline.models import MODEL_CLASSES
 
     classes = dict(MODEL_CLASSES)
-    for name in _BUILTIN:
-        get(name)
     for modality in _REGISTRY.values():
         classes.update(modality.model_classes)
     return classes

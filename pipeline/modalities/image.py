@@ -15,16 +15,16 @@ tensors in [-0.5, 0.5], channels first, so an MSE there is the MSE of [0, 1] ima
 from __future__ import annotations
 
 import io
-import os
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 from pydantic import Field
 
-from pipeline.models.metrics import gaussian_bits_per_dim, psnr
+from pipeline.media import decode_png, encode_png, grid, write_picture
 from pipeline.modalities import (Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample,
                                  pixels_to_model, register)
+from pipeline.modalities.common import build_pixelcnn, build_vqvae, mse_metrics, square, to_pixels
 
 if TYPE_CHECKING:  # torch only where tensors are made: sharding (Ray Data's workers) needs none
     import torch
@@ -100,26 +100,7 @@ def _preprocess(data: bytes, image_size: int, min_source_size: int) -> tuple[np.
         raise SkipSample("not an image: Pillow cannot identify it") from None  # its message holds an address
     except (OSError, SyntaxError, ValueError) as e:
         raise SkipSample(f"corrupt image: {e}") from None
-    w, h = img.size
-    scale = image_size / min(w, h)
-    new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-    img = img.crop((left, top, left + image_size, top + image_size))
-    return np.asarray(img, dtype=np.uint8), shorter
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    """uint8 HxWx3 -> PNG bytes (fast compression: shards are written once, read many times)."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes from a shard -> uint8 HxWx3."""
-    with Image.open(io.BytesIO(data)) as img:
-        return np.array(img.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy shares it
+    return np.asarray(square(img, image_size), dtype=np.uint8), shorter
 
 
 def encode_npy(pixels: np.ndarray) -> bytes:
@@ -154,46 +135,11 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return pixels_to_model(to_chw(pixels))
 
 
-def to_pixels(x: torch.Tensor) -> np.ndarray:
-    """(C, H, W) or (B, C, H, W) model-space tensor -> uint8 HWC / BHWC."""
-    x = x.detach().float().cpu().add(0.5).clamp_(0, 1).mul_(255).round_().byte()
-    return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x.permute(1, 2, 0)).numpy()
-
-
-def grid(rows: list[np.ndarray], pad: int = 2) -> Image.Image:
-    """Rows of uint8 BHWC images -> one picture, a row per list item, on white."""
-    h, w = rows[0].shape[1:3]
-    cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
-    for i, row in enumerate(rows):
-        for j, px in enumerate(row):
-            tile = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px)
-            canvas.paste(tile, (pad + j * (w + pad), pad + i * (h + pad)))
-    return canvas
-
-
 def write_grid(groups: list[list[torch.Tensor]], path_stem: str) -> list[str]:
     """Groups of model-space images (C, H, W) -> `<path_stem>.png`, a row per group (written atomically)."""
     import torch
 
-    path = f"{path_stem}.png"
-    tmp = f"{path_stem}.tmp.png"
-    grid([to_pixels(torch.stack(list(g))) for g in groups]).save(tmp)
-    os.replace(tmp, path)
-    return [path]
-
-
-def mse_metrics(sums: dict[str, float]) -> dict[str, float]:
-    """val_mse, val_psnr and the paper's bits/dim bound of an MSE decoder on [0, 1] pixels."""
-    mse = sums["sq_err"] / sums["dims"]
-    recon_bits = gaussian_bits_per_dim(mse)
-    return {
-        "val_mse": mse,
-        "val_psnr": psnr(mse),
-        "val_recon_bits_per_dim": recon_bits,
-        # decoder NLL + log2 K per latent (uniform prior, KL = log K), per input dimension
-        "val_bits_per_dim": recon_bits + sums["latent_bits"] / sums["dims"],
-    }
+    return [write_picture(grid([to_pixels(torch.stack(list(g))) for g in groups]), f"{path_stem}.png")]
 
 
 class ImageModality(Modality):
@@ -207,7 +153,7 @@ class ImageModality(Modality):
     }
 
     def find(self, data: ImageData) -> Listing:
-        from pipeline.data.sources import list_class_layout
+        from pipeline.modalities.folders import list_class_layout
 
         classes, splits, skipped = list_class_layout(data.root, data.val_fraction, data.seed, is_candidate, COND)
         return Listing(splits, {COND: CondSpec("class", len(classes), tuple(classes))},
@@ -232,19 +178,10 @@ class ImageModality(Modality):
         return (data.image_size, data.image_size)
 
     def build_autoencoder(self, stage1, data: ImageData, cond: dict[str, CondSpec]):
-        from pipeline.models.vqvae import VQVAE
-
-        return VQVAE(in_channels=CHANNELS, spatial_dims=2, hidden=stage1.hidden,
-                     num_res_blocks=stage1.num_res_blocks, num_downsamples=stage1.num_downsamples,
-                     codebook_size=stage1.codebook_size, code_dim=stage1.code_dim, beta=stage1.beta,
-                     ema=stage1.ema, decay=stage1.decay, dead_code_steps=stage1.dead_code_steps)
+        return build_vqvae(stage1, in_channels=CHANNELS, spatial_dims=2)
 
     def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None, data=None):
-        from pipeline.models.pixelcnn import GatedPixelCNN
-
-        return GatedPixelCNN(codebook_size=codebook_size, num_classes=cond[COND].size if COND in cond else 0,
-                             cond_key=COND, hidden=stage2.hidden, num_layers=stage2.num_layers,
-                             kernel_size=stage2.kernel_size)
+        return build_pixelcnn(stage2, codebook_size, cond[COND].size if COND in cond else 0, COND)
 
     def val_sums(self, batch: Batch, out) -> dict[str, float]:
         return {"sq_err": (out.recon.float() - batch.x).square().sum().item(), "dims": float(batch.x.numel())}

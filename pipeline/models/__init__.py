@@ -1,13 +1,31 @@
-"""Models: the vector quantizer, the N-d VQ-VAE and the Gated PixelCNN prior, shared by every
-modality; a modality may add its own classes (pipeline.modalities.Modality.model_classes)."""
+"""Models: plain PyTorch modules that import nothing of the pipeline beyond this package.
+
+The vector quantizer, the N-d VQ-VAE and the Gated PixelCNN prior; the speech VQ-VAE (WaveNet
+decoder) and its code prior; the video prior. Each has a `config` dict of its constructor
+arguments and `from_config`, so weights plus that dict rebuild it; an autoencoder says
+`role = "autoencoder"`, a prior `role = "prior"`. Long loops (sampling, WaveNet generation) take
+`track`, a function that wraps an iterable to show progress; by default they show none.
+"""
 from __future__ import annotations
 
+from typing import Callable, Iterable
 
-def _shared_classes() -> dict:
+# (items, label, total, unit) -> the same items: how a long loop reports its progress
+Track = Callable[..., Iterable]
+
+
+def untracked(items: Iterable, label: str = "", total: int | None = None, unit: str = "items") -> Iterable:
+    """A `Track` that shows nothing."""
+    return items
+
+
+def _classes() -> dict:
     from pipeline.models.pixelcnn import GatedPixelCNN
+    from pipeline.models.speech import CodePrior, SpeechVQVAE
+    from pipeline.models.video_prior import VideoPrior
     from pipeline.models.vqvae import VQVAE
 
-    return {"VQVAE": VQVAE, "GatedPixelCNN": GatedPixelCNN}
+    return {cls.__name__: cls for cls in (VQVAE, GatedPixelCNN, SpeechVQVAE, CodePrior, VideoPrior)}
 
 
 def autocast_on(device):
@@ -29,7 +47,8 @@ def runs_channels_last(model, device) -> bool:
 
 
 def __getattr__(name: str):
-    # MODEL_CLASSES is built on first use: importing pipeline.models stays cheap.
+    # MODEL_CLASSES (class name -> class: what a logged model may be) is built on first use:
+    # importing pipeline.models stays cheap.
     if name == "MODEL_CLASSES":
-        return _shared_classes()
+        return _classes()
     raise AttributeError(name)

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import progress
+from pipeline.models import Track, untracked
+from pipeline.models.prior import PriorOutput, nll_bits
 
 
 def exists(x: Any) -> bool:
@@ -37,28 +37,6 @@ def exists(x: Any) -> bool:
 
 def default(x: Any, d: Any) -> Any:
     return x if exists(x) else d
-
-
-@dataclass
-class PriorOutput:
-    logits: torch.Tensor  # (B, codebook_size, *spatial)
-    loss: torch.Tensor  # mean NLL in bits per (unmasked) code position
-
-    def logs(self, model: nn.Module) -> dict[str, float]:
-        return {"nll_bits_per_code": self.loss.item()}
-
-
-def nll_bits(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None = None,
-             reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy in bits per code over the positions where mask is True."""
-    nats = F.cross_entropy(logits.float(), codes, reduction="none")
-    if mask is not None:
-        nats = nats * mask
-        count = mask.sum()
-    else:
-        count = torch.tensor(nats.numel(), device=nats.device)
-    total = nats.sum() / math.log(2)
-    return total if reduction == "sum" else total / count.clamp(min=1)
 
 
 def gate(x: torch.Tensor) -> torch.Tensor:
@@ -187,9 +165,6 @@ class GatedPixelCNN(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "GatedPixelCNN":
-        config = dict(config)
-        if "num_codes" in config:  # the name in models registered before 2026-11-26
-            config["codebook_size"] = config.pop("num_codes")
         return cls(**config)
 
     @property
@@ -242,12 +217,13 @@ class GatedPixelCNN(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         num_samples: int | None = None,
+        track: Track = untracked,
     ) -> torch.Tensor:
         """Ancestral sampling in raster order, the whole batch at once: one forward per position.
 
         cond {cond_key: (B,) int64}, or None with num_samples for unconditional samples -> codes
         (B, *shape) int64. The draw uses the generator's device, so a seeded CPU generator gives the
-        same codes whatever device the model is on.
+        same codes whatever device the model is on. `track` wraps the positions (a progress bar).
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -270,7 +246,7 @@ class GatedPixelCNN(nn.Module):
             # the grid up to the position's first coordinate (its row): the same logits for half
             # the work on average. Caching per-layer states would be the next speed-up.
             positions = itertools.product(*(range(n) for n in shape))
-            for position in progress.track(positions, "sampling", math.prod(shape), "positions"):
+            for position in track(positions, "sampling", math.prod(shape), "positions"):
                 seen = codes[:, : position[0] + 1]
                 logits = self.logits(seen, cond)[(slice(None), slice(None), *position)]
                 probs = F.softmax(logits.float() / temperature, dim=-1)

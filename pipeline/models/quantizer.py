@@ -82,11 +82,6 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("last_used", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("last_restart", torch.zeros(codebook_size, dtype=torch.long))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Models registered before 2026-11-26 carry a `code_counts` buffer that nothing read.
-        state_dict.pop(prefix + "code_counts", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     @property
     def codebook(self) -> Tensor:
         return self.embedding

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.pixelcnn import PriorOutput, nll_bits
+from pipeline.models import Track, untracked
+from pipeline.models.prior import PriorOutput, nll_bits
 from pipeline.models.quantizer import VectorQuantizer, VQOutput
 from pipeline.models.wavenet import WaveNet, mu_law_decode, mu_law_encode
 
@@ -231,15 +232,15 @@ class SpeechVQVAE(nn.Module):
 
     @torch.no_grad()
     def decode_indices(self, indices: Tensor, cond: dict[str, Tensor] | None = None, temperature: float = 1.0,
-                       generator: torch.Generator | None = None) -> Tensor:
+                       generator: torch.Generator | None = None, track: Track = untracked) -> Tensor:
         """Codes (B, L) and speaker ids -> waveforms (B, 1, L * 64) in [-1, 1], sampled sample by
-        sample (cached dilated-conv state, the whole batch at once)."""
+        sample (cached dilated-conv state, the whole batch at once); `track` wraps the samples."""
         speaker = _speaker(cond, indices.shape[0], indices.device)
         local, speaker_vector = self.cond_net(self.vq.embed(indices)), self.speaker_embedding(speaker)
         steps = indices.shape[-1] * self.hop
         feedback, made = self.excitation_feedback(local, speaker_vector, steps) if self.lpc_order else (None, None)
         q = self.decoder.generate(steps, local, speaker_vector, temperature=temperature, generator=generator,
-                                  hop=self.hop, feedback=feedback)
+                                  hop=self.hop, feedback=feedback, track=track)
         signal = mu_law_decode(q, self.mu_law_bits) if made is None else made[:, self.lpc_order:]
         return deemphasize(signal, self.preemphasis).unsqueeze(1)
 
@@ -308,7 +309,8 @@ class CodePrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: dict[str, Tensor] | None = None, shape: tuple[int, ...] = (64,), temperature: float = 1.0,
-               generator: torch.Generator | None = None, num_samples: int | None = None) -> Tensor:
+               generator: torch.Generator | None = None, num_samples: int | None = None,
+               track: Track = untracked) -> Tensor:
         """Code sequences (B, *shape) with the cached generation of the WaveNet."""
         if len(tuple(shape)) != 1:
             raise ValueError(f"shape must have 1 dim (codes), got {tuple(shape)}")
@@ -317,5 +319,5 @@ class CodePrior(nn.Module):
         if batch is None:
             raise ValueError("give speaker ids in cond or num_samples")
         return self.net.generate(int(shape[0]), None, self._glob(cond, batch, device), batch=batch,
-                                 temperature=temperature, generator=generator)
+                                 temperature=temperature, generator=generator, track=track)
 

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import progress
-from pipeline.models.pixelcnn import PriorOutput, nll_bits
+from pipeline.models import Track, untracked
+from pipeline.models.prior import PriorOutput, nll_bits
 
 Cache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, heads, N, head_dim)
 
@@ -352,6 +352,7 @@ class VideoPrior(nn.Module):
         generator: torch.Generator | None = None,
         num_samples: int | None = None,
         given: torch.Tensor | None = None,
+        track: Track = untracked,
     ) -> torch.Tensor:
         """Ancestral sampling in raster order with a key/value cache -> codes (B, T, H, W) int64.
 
@@ -376,7 +377,7 @@ class VideoPrior(nn.Module):
             # prefill: positions 0 .. first (inputs: start, codes 0 .. first-1) -> logits of `first`
             x = self._inputs(flat[:, :first], 0, step_cond, with_start=True, grid=codes)
             pos = 0
-            for position in progress.track(range(first, n), "sampling", unit="positions"):
+            for position in track(range(first, n), "sampling", unit="positions"):
                 for block, kv in zip(self.blocks, cache):
                     x = block(x, kv, pos)
                 flat[:, position] = self._draw(self._head(x[:, -1]), temperature, generator).to(flat.device)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline import progress
+from pipeline.models import Track, untracked
 
 
 def mu_law_encode(x: Tensor, bits: int = 8) -> Tensor:
@@ -200,7 +200,8 @@ class WaveNet(nn.Module):
     @torch.no_grad()
     def generate(self, num_steps: int, local: Tensor | None = None, glob: Tensor | None = None,
                  batch: int | None = None, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 hop: int = 1, feedback: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+                 hop: int = 1, feedback: Callable[[int, Tensor], Tensor] | None = None,
+                 track: Track = untracked) -> Tensor:
         """Ancestral samples (B, num_steps) int64, one column per layer per step.
 
         `local` (B, local_channels, ceil(num_steps / hop)) holds the conditioning at `hop`
@@ -208,7 +209,8 @@ class WaveNet(nn.Module):
         steps, as the decoder's upsampling repeats it); `glob` (B, global_channels).
         `feedback(t, drawn)`, called once per step in order, gives the next step's input classes
         from the classes drawn at step t (default: the drawn classes themselves); the speech
-        decoder uses it when it draws an excitation but reads back the sample it makes."""
+        decoder uses it when it draws an excitation but reads back the sample it makes. `track` wraps
+        the steps (a progress bar)."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         table = self.input_table()
@@ -226,7 +228,7 @@ class WaveNet(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            for t in progress.track(range(num_steps), "generating", unit="samples"):
+            for t in track(range(num_steps), "generating", unit="samples"):
                 x = F.embedding(prev, table)
                 c = self._cond_at(cond, t, hop)
                 skips = None

@@ -1,12 +1,13 @@
 """Model files: a model is logged as two plain files in its run's artifacts, never a pickle or an
-MLmodel:
+MLmodel (their format: pipeline/formats/models.py):
 
     <run artifacts>/<artifact_path>/weights.safetensors   the state_dict (safetensors)
-    <run artifacts>/<artifact_path>/config.json           {"class", "config", **metadata}
+    <run artifacts>/<artifact_path>/config.json           {"format", "class", "config", **metadata}
 
 Loading rebuilds the module from this project's code (the model classes of pipeline.models and of
 the modalities, looked up by the name in config.json; nothing is imported by a name read from a
 file) and reads the weights with safetensors, so loading a model never runs code from the store.
+A model of an older format is read through the format's one converter.
 """
 from __future__ import annotations
 
@@ -21,10 +22,8 @@ if TYPE_CHECKING:  # torch is imported where a model is saved or loaded: `models
     from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.formats.models import CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_current, upgrade_config, upgrade_weights
 from pipeline.tracking.registry import resolve
-
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "config.json"
 
 
 def _model_classes() -> dict[str, type[nn.Module]]:
@@ -55,14 +54,14 @@ def save_model_files(model: nn.Module, folder: str | Path, metadata: dict | None
     if name not in _model_classes():
         raise ValueError(f"cannot log a {name}: only {sorted(_model_classes())} can be loaded back")
     metadata = dict(metadata or {})
-    clash = {"class", "config"} & metadata.keys()
+    clash = {"format", "class", "config"} & metadata.keys()
     if clash:
         raise ValueError(f"metadata may not set {sorted(clash)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # save_model (not save_file) drops aliases of shared tensors and makes tensors contiguous.
     save_model(model, str(folder / WEIGHTS_FILE), metadata={"class": name})
-    config = {"class": name, "config": dict(model.config), **metadata}
+    config = {"format": FORMAT, "class": name, "config": dict(model.config), **metadata}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return folder
 
@@ -107,10 +106,11 @@ def _download(uri: str, files: tuple[str, ...], dst: str) -> Path:
 
 
 def model_metadata(uri: str) -> dict:
-    """config.json of the model at `uri`: class, config and the lineage logged with it."""
+    """config.json of the model at `uri` (in this format): class, config and the lineage logged
+    with it."""
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         folder = _download(uri, (CONFIG_FILE,), tmp)
-        return _read_config(uri, folder)
+        return upgrade_config(_read_config(uri, folder), uri)
 
 
 def weights_digest(uri: str) -> str:
@@ -128,6 +128,7 @@ def weights_digest(uri: str) -> str:
 
 
 def _read_config(uri: str, folder: Path) -> dict:
+    """config.json as logged (`upgrade_config` reads it into this format)."""
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -139,6 +140,7 @@ def _read_config(uri: str, folder: Path) -> dict:
 
 def load_model(uri: str, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model at `uri` from its config.json and safetensors weights, in eval mode."""
+    from safetensors.torch import load_file
     from safetensors.torch import load_model as load_weights
 
     where = uri  # what errors name: the version too, not only the alias that led to it
@@ -148,7 +150,8 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> nn.Module:
         where = uri if uri == pinned else f"{uri} ({pinned})"
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         folder = _download(uri, (CONFIG_FILE, WEIGHTS_FILE), tmp)
-        meta = _read_config(where, folder)
+        logged = _read_config(where, folder)
+        meta = upgrade_config(logged, where)
         cls = _model_classes().get(meta.get("class"))
         if cls is None:
             raise UserError(f"model {where}: unknown class {meta.get('class')!r}")
@@ -158,7 +161,10 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> nn.Module:
             raise UserError(f"model {where}: {CONFIG_FILE} does not build a {cls.__name__}: "
                             f"{str(e).splitlines()[0]}") from None
         try:
-            load_weights(model, str(folder / WEIGHTS_FILE), strict=True)  # copies into params
+            if is_current(logged):
+                load_weights(model, str(folder / WEIGHTS_FILE), strict=True)  # copies into params
+            else:
+                model.load_state_dict(upgrade_weights(load_file(str(folder / WEIGHTS_FILE))), strict=True)
         except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, shape or key mismatches
             raise UserError(f"model {where}: {WEIGHTS_FILE} is not the weights of its {CONFIG_FILE}: "
                             f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None

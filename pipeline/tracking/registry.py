@@ -18,6 +18,33 @@ METRIC_TAG_PREFIX = "metric."
 METRIC_SCALE_TAG = "metric_scale"
 
 
+# What versions registered before 2026-11-26 lack: a VQ-VAE then always had an MSE decoder,
+# registered on val_mse, and no version named its key metrics. `upgrade_tags`, the one converter
+# of version tags, derives them; `resolve` returns tags through it.
+_OLD_KEY_METRICS = {"val_mse": "val_psnr,perplexity,codebook_usage",
+                    "val_nll_bits_per_code": "val_bits_per_dim,uniform_bits_per_code"}
+
+
+def upgrade_tags(tags: dict[str, str]) -> dict[str, str]:
+    """A version's tags as this pipeline writes them: `decoder_bits_per_dim` and `key_metrics`
+    derived where a version registered before 2026-11-26 lacks them."""
+    from pipeline.models.metrics import gaussian_bits_per_dim
+
+    tags = dict(tags)
+    mse = tags.get(f"{METRIC_TAG_PREFIX}val_mse")
+    if "decoder_bits_per_dim" not in tags and mse is not None:
+        try:
+            tags["decoder_bits_per_dim"] = repr(gaussian_bits_per_dim(float(mse)))
+        except ValueError:
+            pass
+    if "key_metrics" not in tags:
+        registered = [k.removeprefix(METRIC_TAG_PREFIX) for k in tags if k.startswith(METRIC_TAG_PREFIX)]
+        keys = [_OLD_KEY_METRICS[m] for m in registered if m in _OLD_KEY_METRICS]
+        if keys:
+            tags["key_metrics"] = keys[0]
+    return tags
+
+
 def scale_tags(scale: str | None) -> dict:
     """The version tags saying what the metric scores (none when it is always alike)."""
     return {} if scale is None else {METRIC_SCALE_TAG: scale}
@@ -31,8 +58,6 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     if not m:
         raise UserError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
     return m["name"], m["alias"], m["version"]
-
-
 
 
 def is_not_found(e: Exception) -> bool:
@@ -70,7 +95,7 @@ def resolve(uri: str) -> dict:
         "name": mv.name,
         "version": str(mv.version),
         "run_id": mv.run_id,
-        "tags": dict(mv.tags or {}),
+        "tags": upgrade_tags(mv.tags or {}),
         "aliases": sorted(aliases),
         "source": mv.source,
     }
