@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels on CPU machines.
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev]"
+	# the base install serves images; the speech and video extras their demos and tests
+	$(PY) -m pip install -e ".[speech,video,dev]"
 	touch $@
 
 install: $(VENV)/.installed

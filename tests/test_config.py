@@ -64,3 +64,41 @@ def test_shard_job_exits_2_with_one_line(tmp_path, demo_raw, args, fragment):
 def test_missing_config_file_exits_2(tmp_path):
     proc = run_job("shard.py", "--config", str(tmp_path / "nope.yaml"), timeout=60)
     assert proc.returncode == 2 and "nope.yaml" in proc.stderr
+
+
+# ---- settings per model --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config, override", [
+    ("demo-speech.yaml", "stage1.num_res_blocks=2"),  # the speech encoder has no residual blocks
+    ("demo-video.yaml", "stage2.kernel_size=5"),  # the video prior is a transformer
+    ("demo.yaml", "stage2.cycle=4"),  # a field of the speech prior, not of the Gated PixelCNN
+    ("demo.yaml", "stage1.lpc_order=16"),  # a field of the speech decoder
+])
+def test_a_setting_the_chosen_model_does_not_have_is_an_unknown_key(tmp_path, config, override):
+    from conftest import REPO
+
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=rf"^{REPO / 'configs' / config}: unknown key '{key}'$"):
+        load_settings(REPO / "configs" / config, [f"workdir={tmp_path}", override])
+
+
+@pytest.mark.parametrize("config, same, other", [
+    ("demo.yaml", ["stage1.val_every=7", "stage1.compile=true", "stage1.log_every=3"], ["stage1.hidden=32"]),
+    ("demo-speech.yaml", ["stage1.shown_seconds=0.25", "stage1.checkpoint_every=50"], ["stage1.lpc_order=8"]),
+    ("demo-video.yaml", ["stage2.vqvae=models:/vqvae-demo-video/1", "stage2.max_failures=3"], ["stage2.num_heads=2"]),
+])
+def test_only_what_shapes_the_model_makes_a_training_run_s_identity(tmp_path, config, same, other):
+    """A run is named by its section's values that shape the model: how often it validates,
+    checkpoints and logs, where its codes come from and how its examples are written do not."""
+    from conftest import REPO
+    from pipeline.stages.train.driver import shaping
+
+    def identity(*overrides):
+        s = load_settings(REPO / "configs" / config, [f"workdir={tmp_path}", *overrides])
+        section = s.stage2 if overrides and overrides[0].startswith("stage2") else s.stage1
+        return shaping(section)
+
+    stage = same[0].split(".")[0]
+    base = identity(f"{stage}.seed=0")
+    assert identity(*same) == base
+    assert identity(*other) != base
