@@ -10,16 +10,10 @@ seconds (generation runs sample by sample: a few seconds of speech take a while 
 The model: codes.model, else the VQ-VAE champion. Writes
 <workdir>/conversions/<source>-to-<speaker>.{wav,png}.
 """
-import sys
-from pathlib import Path
+import _repo  # noqa: F401  the repository on the import path, jobs/ off it
 
-# The repository on the path, in place of this folder: Ray gives its workers the job script's
-# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
-_jobs = Path(__file__).resolve().parent
-sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
-
-from pipeline.cli import run_job  # noqa: E402
-from pipeline.stages.convert import run  # noqa: E402
+from pipeline.cli import run_job
+from pipeline.stages.convert import run
 
 
 def add_arguments(parser) -> None:

@@ -4,15 +4,9 @@ in the ImageNet layout).
     python jobs/make_demo_data.py --out work/demo/raw [--modality image]
 """
 import argparse
-import sys
-from pathlib import Path
+import _repo  # noqa: F401  the repository on the import path, jobs/ off it
 
-# The repository on the path, in place of this folder: Ray gives its workers the job script's
-# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
-_jobs = Path(__file__).resolve().parent
-sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
-
-from pipeline.stages.make_demo_data import main  # noqa: E402
+from pipeline.stages.make_demo_data import main
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

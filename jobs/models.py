@@ -10,15 +10,9 @@ else the sqlite file in its workdir), else MLFLOW_TRACKING_URI. `show` takes mod
 models:/NAME/VERSION, models:/NAME/latest or a bare NAME (every version).
 """
 import argparse
-import sys
-from pathlib import Path
+import _repo  # noqa: F401  the repository on the import path, jobs/ off it
 
-# The repository on the path, in place of this folder: Ray gives its workers the job script's
-# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
-_jobs = Path(__file__).resolve().parent
-sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
-
-from pipeline.stages import models  # noqa: E402
+from pipeline.stages import models
 
 
 def parse(argv: list[str] | None = None) -> dict:

@@ -3,16 +3,10 @@
     python jobs/shard.py --config configs/demo.yaml [--set overwrite=true]
     ray job submit --working-dir . -- python jobs/shard.py --config configs/imagenet.yaml
 """
-import sys
-from pathlib import Path
+import _repo  # noqa: F401  the repository on the import path, jobs/ off it
 
-# The repository on the path, in place of this folder: Ray gives its workers the job script's
-# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
-_jobs = Path(__file__).resolve().parent
-sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
-
-from pipeline.cli import run_job  # noqa: E402
-from pipeline.stages.shard import shard  # noqa: E402
+from pipeline.cli import run_job
+from pipeline.stages.shard import shard
 
 if __name__ == "__main__":
     run_job(shard, __doc__)

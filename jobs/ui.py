@@ -6,16 +6,10 @@ Prints the address of the latest pipeline run's page (its report is among its ar
 runs `mlflow ui` in the foreground until Ctrl-C. A store on an MLflow server needs no UI of ours:
 open the server's address.
 """
-import sys
-from pathlib import Path
+import _repo  # noqa: F401  the repository on the import path, jobs/ off it
 
-# The repository on the path, in place of this folder: Ray gives its workers the job script's
-# folder, where jobs/pipeline.py would shadow the package (`ray job submit --working-dir .` too).
-_jobs = Path(__file__).resolve().parent
-sys.path[:] = [str(_jobs.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _jobs]
-
-from pipeline.cli import run_job  # noqa: E402
-from pipeline.stages.ui import ui  # noqa: E402
+from pipeline.cli import run_job
+from pipeline.stages.ui import ui
 
 
 def add_arguments(parser) -> None:

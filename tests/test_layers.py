@@ -51,7 +51,7 @@ def modules() -> dict[str, Path]:
         if parts[-1] == "__init__":
             parts = parts[:-1]
         found[".".join(parts)] = path
-    for path in sorted((REPO / "jobs").glob("*.py")):
+    for path in sorted((REPO / "jobs").glob("[!_]*.py")):  # jobs/_repo.py: the import path only
         found[f"jobs.{path.stem}"] = path
     return found
 

@@ -115,6 +115,7 @@ def cli(capsys, monkeypatch):
         for key, value in (env or {}).items():
             monkeypatch.setenv(key, value)
         monkeypatch.setattr(sys, "argv", ["jobs/models.py", *args])
+        monkeypatch.syspath_prepend(str(REPO / "jobs"))  # as Python runs a script: its folder first
         capsys.readouterr()
         before = mlflow.get_tracking_uri()
         try:

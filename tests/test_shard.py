@@ -185,6 +185,19 @@ def test_killed_run_is_detected_and_finished(tmp_path, demo_raw, sharded, ray_lo
     assert not [p for p in out.rglob(".*tmp*")], "temporary files left behind"
 
 
+def test_a_job_runs_from_any_folder(tmp_path, demo_raw, sharded, ray_local):
+    """Ray gives its workers the job script's folder on their path; jobs/ holds pipeline.py, which
+    there shadowed the package (`'pipeline' is not a package` in every shard task) when a job was
+    started from another folder. A job puts the repository there instead."""
+    _, clean, _ = sharded
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw)
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "shard.py"), "--config", str(cfg)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **ray_address(ray_local)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "w" / "shards" / "t" / "manifest.json").read_text())
+    assert manifest["splits"] == clean["splits"]
+
+
 def test_overwrite_redoes_finished_output(tmp_path, demo_raw, ray_local):
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw)
     first = shard(load_settings(cfg))
