@@ -293,11 +293,11 @@ def test_the_report_of_a_registered_prior_shows_its_registered_step(store, tmp_p
 
 
 def test_readme_registry_commands_run(store, tmp_path, cli):
-    """The README's Registry block as written, its configs/demo.yaml pointed at the test store (so
-    a demo's real registry is never touched)."""
-    blocks = [b for b in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    """The Registry block of docs/operations.md as written, its configs/demo.yaml pointed at the test
+    store (so a demo's real registry is never touched)."""
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", (REPO / "docs" / "operations.md").read_text(), flags=re.S)
               if "jobs/models.py" in b]
-    assert blocks, "README.md lost its Registry block"
+    assert blocks, "docs/operations.md lost its Registry block"
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     demo["mlflow"]["tracking_uri"] = store
     config = tmp_path / "demo.yaml"

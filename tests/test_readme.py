@@ -1,5 +1,7 @@
 """The README's commands, run as written (with a temporary workdir and a tiny model), so the
-README cannot rot; and what they make, looked at as a user would: lineage, the report, the MLflow UI."""
+README cannot rot; and what they make, looked at as a user would: lineage, the report, the MLflow UI.
+Every command of the README and of docs/ is checked too: its script and make target exist, and
+its flags and settings parse and validate as the job would take them."""
 from __future__ import annotations
 
 import base64
@@ -32,8 +34,14 @@ TINY = ["--set", "stage1.steps=40", "--set", "stage1.hidden=32", "--set", "stage
         "--set", "stage2.val_every=15", "--set", "stage2.checkpoint_every=15", "--set", "sample.per_class=2"]
 
 
-def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+def blocks(lang: str, doc: Path = REPO / "README.md") -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", doc.read_text(), flags=re.S)
+
+
+def stage_commands() -> list[str]:
+    """The README's block of the stages run one at a time."""
+    [block] = [b for b in blocks("bash") if "jobs/shard.py" in b]
+    return [line.split("#")[0].strip() for line in block.strip().splitlines()]
 
 
 def test_readme_starts_with_the_two_commands():
@@ -41,6 +49,66 @@ def test_readme_starts_with_the_two_commands():
     assert [line.split("#")[0].strip() for line in first] == ["make demo", "make test"]
     makefile = (REPO / "Makefile").read_text()
     assert "\ndemo:" in makefile and "\ntest:" in makefile and "torch==2.13.0" in makefile
+
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# what the docs run that is not the project's: servers and the shell
+SERVICES = ("mlflow server", "ray start", "ray stop", "source ", "export ")
+
+
+def commands(doc: Path) -> list[str]:
+    """The shell commands of a doc's bash blocks, continuation lines joined, comments dropped."""
+    found = []
+    for block in blocks("bash", doc):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                found.append(line.replace("$PWD", str(REPO)))
+    return found
+
+
+def check_job(args: list[str], monkeypatch) -> None:
+    """`jobs/<name>.py ARGS` parsed by the job's own parser, its settings loaded and validated:
+    what the job does before any work."""
+    import runpy
+
+    from pipeline.cli import parse_settings
+
+    script = REPO / args[0]
+    assert script.is_file(), args[0]
+    monkeypatch.syspath_prepend(str(script.parent))  # as Python runs a script: its folder first
+    job = runpy.run_path(str(script), run_name="docs_check")
+    if "parse" in job:  # jobs/models.py, jobs/make_demo_data.py: their own parser, no config
+        job["parse"](args[1:])
+        return
+    parse_settings("docs check", args[1:], job.get("add_arguments"))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_command_in_the_readme_and_docs_names_what_exists_and_parses(doc, monkeypatch):
+    monkeypatch.chdir(REPO)  # where the docs' commands run
+    makefile = (REPO / "Makefile").read_text()
+    seen = 0
+    for command in commands(doc):
+        if command.startswith(SERVICES):
+            continue
+        if command.startswith("make "):
+            assert re.search(rf"^{re.escape(command.split()[1])}:", makefile, flags=re.M), (doc.name, command)
+        elif "python jobs/" in command:  # alone, or after `ray job submit ... --`
+            args = command.split("python ", 1)[1].split()
+            check_job(args, monkeypatch)
+        elif "python bench/" in command:
+            args = command.split("python ", 1)[1].split()
+            source = (REPO / args[0]).read_text()
+            assert all(f'"{a}"' in source for a in args[1:] if a.startswith("--")), (doc.name, command)
+        elif "python -m pytest" in command:
+            markers = re.findall(r'-m "([^"]+)"', command)
+            assert all(m in (REPO / "pyproject.toml").read_text() for ms in markers
+                       for m in re.findall(r"\b(?!not\b|and\b)\w+", ms)), (doc.name, command)
+        else:
+            raise AssertionError(f"{doc.name}: a command this test does not know how to check: {command}")
+        seen += 1
+    assert seen or doc.name == "architecture.md", f"{doc.name} has no command"
 
 
 @pytest.mark.slow
@@ -53,7 +121,7 @@ def test_readme_commands_run_every_stage_with_lineage_a_report_and_the_mlflow_ui
     # the commands join the session's Ray instance, as under `ray job submit`, rather than each
     # starting one of its own
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db", **ray_address(ray_local)}
-    commands = [line.split("#")[0].strip() for line in blocks("bash")[1].strip().splitlines()]
+    commands = stage_commands()
     assert len(commands) == 7
     overrides = ["--set", f"workdir={work}", *TINY]
     for command in commands:
