@@ -41,11 +41,12 @@ browser:
 		(apt-get install -y -qq chromium chromium-driver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)); } || \
 		echo "note: the MLflow UI test needs Chromium: sudo apt-get install chromium chromium-driver"
 
-# make test: every test but the whole-scenario ones (marked e2e) and the GPU ones, ~11 minutes on
-# 2 cores with the install; what CI runs (no test of it drives a browser, so it installs none).
+# make test: every test but the whole-scenario ones (marked e2e) and the GPU ones, ~6 minutes on
+# 2 cores with the install (docs/operations.md, Tests); what CI runs (no test of it drives a
+# browser, so it installs none).
 # make test-all adds the e2e scenarios (each modality's pipeline job, the README's commands with
 # the MLflow UI in a browser, a real Ray head and MLflow server, Tune searches, a Train worker
-# killed, pipelines killed and run again): ~35 minutes on 2 cores, most of it Python processes
+# killed, pipelines killed and run again): ~18 minutes on 2 cores, most of it Python processes
 # starting (every Ray Train worker and job imports torch, Ray and MLflow).
 test: install
 	$(PY) -m pytest -n 2 --dist worksteal -m "not gpu and not e2e" --durations=20

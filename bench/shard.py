@@ -19,9 +19,9 @@ tasks to share):
   `ray.loader_workers` processes does; pixels cross as uint8 and become floats on the device).
 
 The speed-up column is against the one-process `write_shard`; for images also against the Pillow
-loop, the baseline the figures in the README's table started from. First it prints what two
+loop, the baseline the figures in docs/benchmarks.md started from. First it prints what two
 CPU-bound processes at once get done on this machine beside one: on a VM whose two vCPUs share a
-busy host that is well under 2, and it bounds every 2-CPU figure (on the 2-core VM of the README's
+busy host that is well under 2, and it bounds every 2-CPU figure (on the 2-core VM of docs/benchmarks.md's
 table: 1.06x to 1.84x from one minute to the next, so compare figures of one run).
 """
 from __future__ import annotations

@@ -44,10 +44,6 @@ from pipeline.modalities.speech.vctk import SPEAKER, list_speech  # noqa: E402
 if TYPE_CHECKING:  # torch only where tensors are made: sharding (Ray Data's workers) needs none
     import torch
 
-# the scores `evaluate` logs (speech/convert.py, which imports torch: not at sharding)
-METRICS = ("conversion_speaker_fraction", "reconstruction_speaker_fraction", "conversion_mcd_to_source",
-           "reference_mcd_source_to_target", "conversions", "conversion_samples_per_s")
-
 
 class SpeechModality(Modality):
     name = "speech"
@@ -63,7 +59,9 @@ class SpeechModality(Modality):
         "perplexity": "VCTK: K=512 codes, 64x fewer latents than samples",
     }
 
-    evaluation_metrics = METRICS
+    # voice conversion's scores (convert.py, imported only when they are made: it needs torch)
+    evaluation_metrics = ("conversion_speaker_fraction", "reconstruction_speaker_fraction", "conversion_mcd_to_source",
+                          "reference_mcd_source_to_target", "conversions", "conversion_samples_per_s")
     evaluation_folder = "conversions"
     conversion_cond = SPEAKER
 
