@@ -10,7 +10,7 @@ tasks to share):
 - **one process, no Ray:** the same `write_shard` the Ray tasks run, called shard after shard in
   this process (for images also a plain Pillow loop doing decode + resize + PNG + tar, what a user
   would write without the pipeline);
-- **Ray Data, 1 and 2 CPUs:** `shard_dataset`, the shard job's function, on a local instance of
+- **Ray Data, 1 and 2 CPUs:** `shard`, the shard job's function, on a local instance of
   that many CPUs (start-up excluded: a cluster is up before a job runs; each figure is the best of
   --repeats runs after a warm-up run, so worker processes are warm as on a running cluster);
 - **decoded samples/s per input process:** the train shards read back by stage 1's own stream
@@ -178,7 +178,7 @@ def bench(modality: str, tmp: Path, a) -> None:
             sharding.shard(settings)
             if run:
                 best = max(best, inputs / (time.perf_counter() - start))
-        rows.append((f"Ray Data (shard_dataset), {cpus} CPU", best))
+        rows.append((f"Ray Data (shard), {cpus} CPU", best))
         ray.shutdown()
 
     rate, read = decode_rate(settings, 0)

@@ -298,3 +298,16 @@ def test_every_file_the_cluster_readme_names_exists():
     assert len(named) > 10
     missing = sorted(p for p in named if "<" not in p and not (REPO / p).exists())
     assert not missing, f"cluster/README.md names files that do not exist: {missing}"
+
+
+def test_every_import_the_cluster_readme_shows_resolves():
+    """The Python the cluster README has a user run imports what exists (modules move)."""
+    import importlib
+
+    text = (CLUSTER / "README.md").read_text()
+    imports = re.findall(r"from (pipeline[\w.]*) import ([\w, ]+)", text)
+    assert imports
+    for module, names in imports:
+        loaded = importlib.import_module(module)
+        for name in (n.strip() for n in names.split(",")):
+            assert hasattr(loaded, name), f"cluster/README.md: from {module} import {name}"

@@ -37,7 +37,7 @@ def chain(tmp_path_factory, ray_local, demo_raw, demo_shards):
 
     tmp = tmp_path_factory.mktemp("chain")
     work = workdir_with_shards(tmp, demo_shards)
-    # one Train worker with the batch of two (DDP: test_fit_vqvae.py): a process less per fit
+    # one Train worker with the batch of two (DDP: test_stage1.py): a process less per fit
     cfg = write_config(tmp / "c.yaml", work, demo_raw, stage1={**TINY_STAGE1, "batch_size": 64},
                        stage2={**TINY_STAGE2, "batch_size": 64}, codes={"batch_size": 64},
                        sample={"per_class": 3}, ray={"num_workers": 1, "cpus_per_worker": 1})

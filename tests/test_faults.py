@@ -158,7 +158,7 @@ def test_training_batches_from_unreadable_shards_raise_instead_of_spinning(tmp_p
 
 
 # ---- training faults: hangs and divergence end in one line ----------------------------------
-# (one Train worker: a failure on one of several DDP workers is test_fit_vqvae's killed worker)
+# (one Train worker: a failure on one of several DDP workers is test_stage1's killed worker)
 
 def _truncate_all(folder: Path) -> None:
     for tar in folder.glob("*.tar"):

@@ -24,7 +24,7 @@ def test_a_modality_defined_in_tests_runs_through_the_pipeline(tmp_path, ray_loc
     config = {
         "workdir": str(work),
         "data": {"name": "digits", "root": "{workdir}/raw", "modality": SPEC, "size": 16, "samples_per_shard": 100},
-        # one Train worker with the batch of two (DDP: test_fit_vqvae.py): a process less per fit
+        # one Train worker with the batch of two (DDP: test_stage1.py): a process less per fit
         "ray": {"num_workers": 1},
         "stage1": {"steps": 150, "batch_size": 64, "hidden": 32, "codebook_size": 16, "code_dim": 8,
                    "num_res_blocks": 1, "lr": 2e-3, "ema": True, "dead_code_steps": 20, "checkpoint_every": 75,

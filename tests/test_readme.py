@@ -29,7 +29,7 @@ from pipeline.config import load_settings
 TINY = ["--set", "stage1.steps=40", "--set", "stage1.hidden=32", "--set", "stage1.codebook_size=32",
         "--set", "stage1.code_dim=16", "--set", "stage1.num_res_blocks=1", "--set", "stage1.batch_size=32",
         "--set", "stage1.val_every=20", "--set", "stage1.checkpoint_every=20", "--set", "ray.num_cpus=4",
-        "--set", "ray.num_workers=1",  # DDP is tested elsewhere (test_fit_vqvae.py); a worker less to start
+        "--set", "ray.num_workers=1",  # DDP is tested elsewhere (test_stage1.py); a worker less to start
         "--set", "stage2.steps=30", "--set", "stage2.hidden=32", "--set", "stage2.num_layers=3",
         "--set", "stage2.val_every=15", "--set", "stage2.checkpoint_every=15", "--set", "sample.per_class=2"]
 

@@ -129,7 +129,7 @@ def test_jobs_submitted_to_a_real_head_log_to_a_real_mlflow_server(tmp_path, dem
 
     work = workdir_with_shards(tmp_path, demo_shards)
     cfg = write_config(tmp_path / "c.yaml", work, demo_raw, stage1={**TINY_STAGE1, "steps": 30},
-                       ray={"num_workers": 1, "cpus_per_worker": 1})  # DDP: test_fit_vqvae.py
+                       ray={"num_workers": 1, "cpus_per_worker": 1})  # DDP: test_stage1.py
     store, artifacts, port = tmp_path / "server" / "mlflow.db", tmp_path / "server" / "artifacts", free_port()
     store.parent.mkdir()
     uri = f"http://127.0.0.1:{port}"
