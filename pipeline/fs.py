@@ -2,9 +2,12 @@
 atomic write every output of the project goes through."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import uuid
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -69,6 +72,25 @@ def write_atomic(path: str, data: bytes | Callable[[str], object], fs: pafs.File
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+@contextlib.contextmanager
+def building(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """A local folder made whole or not at all: the body fills the temporary folder it is given
+    (beside `path`, left over from a killed attempt or not: emptied first), which becomes `path`
+    when the body returns. An empty `path` is taken over; a folder with something in it only
+    with `replace` (an unfinished output, or one being redone), else it is an error."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    if path.is_dir():
+        if replace:
+            shutil.rmtree(path)
+        else:
+            path.rmdir()  # OSError when it holds anything: never thrown away unasked
+    tmp.rename(path)
 
 
 def write_json_atomic(path: str, value, indent: int | None = 1) -> str:

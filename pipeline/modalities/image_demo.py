@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.errors import UserError
+from pipeline.fs import building
 
 # class name -> (package, file). camera is grayscale on purpose: the sharder must convert it.
 SOURCES = {
@@ -59,24 +60,22 @@ def make_demo_data(out: str | Path, train_per_class: int = 100, val_per_class: i
     out = Path(out)
     if (out / "train").is_dir():
         return {"out": str(out), "created": False}
-    tmp = out.with_name(out.name + ".tmp")
     rng = random.Random(seed)
-    for name, (package, relative) in SOURCES.items():
-        photo = Image.open(_package_file(package, relative))
-        photo.load()
-        w, _ = photo.size
-        split_x = int(w * TRAIN_REGION)
-        for split, n, (x0, x1), flip in (
-            ("train", train_per_class, (0, split_x), True),
-            ("val", val_per_class, (split_x, w), False),
-        ):
-            folder = tmp / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i, crop in enumerate(_crops(photo, n, x0, x1, rng, flip)):
-                # Grayscale photos stay grayscale JPEGs; RGBA/palette are flattened for JPEG.
-                crop = crop if crop.mode in ("L", "RGB") else crop.convert("RGB")
-                crop.save(folder / f"{name}_{i:05d}.JPEG", quality=92)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
+    with building(out) as tmp:
+        for name, (package, relative) in SOURCES.items():
+            photo = Image.open(_package_file(package, relative))
+            photo.load()
+            w, _ = photo.size
+            split_x = int(w * TRAIN_REGION)
+            for split, n, (x0, x1), flip in (
+                ("train", train_per_class, (0, split_x), True),
+                ("val", val_per_class, (split_x, w), False),
+            ):
+                folder = tmp / split / name
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, crop in enumerate(_crops(photo, n, x0, x1, rng, flip)):
+                    # Grayscale photos stay grayscale JPEGs; RGBA/palette are flattened for JPEG.
+                    crop = crop if crop.mode in ("L", "RGB") else crop.convert("RGB")
+                    crop.save(folder / f"{name}_{i:05d}.JPEG", quality=92)
     return {"out": str(out), "created": True, "classes": len(SOURCES),
             "train": train_per_class * len(SOURCES), "val": val_per_class * len(SOURCES)}

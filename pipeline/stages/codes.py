@@ -23,7 +23,6 @@ run's `skipped_<split>`.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tarfile
 import time
@@ -35,7 +34,7 @@ from pipeline import modalities, progress
 from pipeline.config import Settings
 from pipeline.errors import UserError
 from pipeline.formats import codes as codeset
-from pipeline.fs import write_json_atomic
+from pipeline.fs import building, write_json_atomic
 from pipeline.formats.shards import manifest_digest
 from pipeline.locks import exclusive
 from pipeline.runtime import check_resources, init_ray, use_gpu
@@ -265,9 +264,6 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
     actors = settings.codes.actors  # one CPU each (Ray Data's default), and a GPU each on GPUs
     check_resources(f"codes {settings.data.name}", {"CPU": (actors, "codes.actors"),
                                                     **({"GPU": (actors, "codes.actors")} if gpu else {})})
-    tmp = f"{settings.codes_dir}/.{os.path.basename(out)}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     run_name = f"codes-{settings.data.name}-v{info['version']}"
     with tracking.start_run(experiment_id, run_name, tags={"stage": "codes", "vqvae_name": info["name"],
                                                            "vqvae_version": info["version"]}) as run:
@@ -275,20 +271,18 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
                            "vqvae_run_id": info["run_id"], "shards": settings.shards_dir,
                            "shards_manifest": f"{settings.shards_dir}/manifest.json",
                            "batch_size": settings.codes.batch_size})
-        _encode_splits({s: urls[s] for s in SPLITS}, tmp, pinned, uri, dtype, settings, gpu,
-                       list(shards_manifest["cond"]),
-                       label=f"codes {settings.data.name}",
-                       total=sum(shards_manifest["splits"][s]["samples"] for s in SPLITS))
-        rows = {split: _parquet_rows(f"{tmp}/{split}") for split in SPLITS}
-        # corrupt samples and damaged tars are skipped, so they are what the shards hold beyond the rows
-        skipped = {split: shards_manifest["splits"][split]["samples"] - rows[split] for split in SPLITS}
-        for split in SPLITS:
-            if rows[split] == 0:
-                raise UserError(f"{settings.shards_dir}: no sample of split '{split}' could be read "
-                                f"({skipped[split]} skipped); re-run jobs/shard.py with --set overwrite=true")
-        if os.path.isdir(out):  # an unfinished folder, or overwrite
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with building(out, replace=True) as tmp:  # replaces an unfinished folder, or one overwritten
+            _encode_splits({s: urls[s] for s in SPLITS}, str(tmp), pinned, uri, dtype, settings, gpu,
+                           list(shards_manifest["cond"]),
+                           label=f"codes {settings.data.name}",
+                           total=sum(shards_manifest["splits"][s]["samples"] for s in SPLITS))
+            rows = {split: _parquet_rows(f"{tmp}/{split}") for split in SPLITS}
+            # corrupt samples and damaged tars are skipped, so they are what the shards hold beyond the rows
+            skipped = {split: shards_manifest["splits"][split]["samples"] - rows[split] for split in SPLITS}
+            for split in SPLITS:
+                if rows[split] == 0:
+                    raise UserError(f"{settings.shards_dir}: no sample of split '{split}' could be read "
+                                    f"({skipped[split]} skipped); re-run jobs/shard.py with --set overwrite=true")
         manifest = {
             "format": codeset.FORMAT, "identity": identity, "dataset": settings.data.name,
             "modality": settings.data.modality,

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.fs import building
 
 # speaker id -> (espeak-ng voice, pitch 0-99, words per minute, gender, accent)
 VOICES = {
@@ -93,22 +94,19 @@ def make_demo_corpus(out: str | Path, per_speaker: int = 44, seed: int = 0, spea
         return {"out": str(out), "created": False}
     exe = _espeak()
     chosen = dict(list(VOICES.items())[:speakers or len(VOICES)])
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     jobs = []
     rng = random.Random(seed)
-    for speaker, voice in chosen.items():
-        (tmp / "wav48" / speaker).mkdir(parents=True)
-        (tmp / "txt" / speaker).mkdir(parents=True)
-        for i, text in enumerate(sentences(per_speaker, rng), start=1):
-            key = f"{speaker}_{i:03d}"
-            (tmp / "txt" / speaker / f"{key}.txt").write_text(text + "\n")
-            jobs.append((voice, text, tmp / "wav48" / speaker / f"{key}.wav"))
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda job: _synthesize(exe, *job), jobs))
-    info = ["ID  AGE  GENDER  ACCENTS  REGION"]
-    info += [f"{s[1:]}  {20 + i}  {v[3]}    {v[4]}  espeak-ng {v[0]}" for i, (s, v) in enumerate(chosen.items())]
-    (tmp / "speaker-info.txt").write_text("\n".join(info) + "\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
+    with building(out) as tmp:
+        for speaker, voice in chosen.items():
+            (tmp / "wav48" / speaker).mkdir(parents=True)
+            (tmp / "txt" / speaker).mkdir(parents=True)
+            for i, text in enumerate(sentences(per_speaker, rng), start=1):
+                key = f"{speaker}_{i:03d}"
+                (tmp / "txt" / speaker / f"{key}.txt").write_text(text + "\n")
+                jobs.append((voice, text, tmp / "wav48" / speaker / f"{key}.wav"))
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda job: _synthesize(exe, *job), jobs))
+        info = ["ID  AGE  GENDER  ACCENTS  REGION"]
+        info += [f"{s[1:]}  {20 + i}  {v[3]}    {v[4]}  espeak-ng {v[0]}" for i, (s, v) in enumerate(chosen.items())]
+        (tmp / "speaker-info.txt").write_text("\n".join(info) + "\n")
     return {"out": str(out), "created": True, "speakers": len(chosen), "utterances": len(jobs)}

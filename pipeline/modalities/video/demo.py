@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.fs import building
 from pipeline.media import write_mp4
 
 NAMES = ["forward", "backward", "turn_left", "turn_right"]
@@ -75,20 +75,15 @@ def make_demo_data(root: str | Path, seed: int = 0, train_clips: int = 216, val_
         raise UserError("the video demo data needs frames >= 2, an even size >= 8 (yuv420p) and at least one "
                         "train and one val clip")
     _check_packages()
-    tmp = root.parent / f".{root.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     jobs = [{"index": i, "split": "train", "map": TRAIN_MAPS[i % len(TRAIN_MAPS)]} for i in range(train_clips)]
     jobs += [{"index": train_clips + i, "split": "val", "map": VAL_MAPS[i % len(VAL_MAPS)]} for i in range(val_clips)]
-    for split in ("train", "val"):
-        (tmp / split).mkdir(parents=True)
-    params = {"seed": seed, "frames": frames, "size": size, "fps": fps, "out": str(tmp.resolve())}
     start = time.monotonic()
-    results = _run_workers(jobs, params, max(1, workers))
-    (tmp / "actions.json").write_text(json.dumps({"names": NAMES}) + "\n")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    if root.exists():
-        root.rmdir()  # empty (checked above)
-    tmp.rename(root)
+    with building(root) as tmp:  # an empty root is taken over (checked above)
+        for split in ("train", "val"):
+            (tmp / split).mkdir(parents=True)
+        params = {"seed": seed, "frames": frames, "size": size, "fps": fps, "out": str(tmp.resolve())}
+        results = _run_workers(jobs, params, max(1, workers))
+        (tmp / "actions.json").write_text(json.dumps({"names": NAMES}) + "\n")
     return {"out": str(root), "created": True, "train": train_clips, "val": val_clips, "frames": frames,
             "size": size, "actions": len(NAMES), "codec": results[0]["codec"],
             "remade": sum(r["attempts"] - 1 for r in results), "seconds": round(time.monotonic() - start, 1)}
