@@ -85,8 +85,8 @@ def test_odd_names_are_kept_or_skipped_with_a_reason_and_no_phantom_class(tmp_pa
     assert "\\xe9" in next(s["path"] for s in first["skipped"] if "caf" in s["path"])  # named, escaped
     keys = []
     out = tmp_path / "w" / "shards" / "t"
-    for shard in first["splits"]["train"]["shards"]:
-        with tarfile.open(out / shard["path"]) as tar:
+    for tar_entry in first["splits"]["train"]["shards"]:
+        with tarfile.open(out / tar_entry["path"]) as tar:
             keys += [m.name.split(".", 1)[0] for m in tar if m.name.endswith(".png")]
     assert len(keys) == len(set(keys)) == first["splits"]["train"]["samples"]
     assert len([k for k in keys if k.startswith("cat-x")]) == 5  # all five colliding names kept

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import tarfile
-from pathlib import Path
 
 import pytest
 import yaml

@@ -302,3 +302,13 @@ def _wait_for(check, seconds: float, said=lambda: ""):
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {seconds} s: {str(said())[-2000:]}")
         time.sleep(0.5)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_file_the_readme_and_docs_name_exists(doc):
+    text = doc.read_text()
+    named = set(re.findall(r"(?<![\w/.])((?:pipeline|jobs|configs|bench|tests|docs|cluster)/[\w/.-]*[\w/])", text))
+    named = {p.rstrip("/") for p in named if "<" not in p and not p.endswith((".tar", ".parquet"))}
+    base = REPO if doc.name == "README.md" else doc.parent.parent
+    missing = sorted(p for p in named if not (base / p).exists())
+    assert not missing, f"{doc.name} names what does not exist: {missing}"

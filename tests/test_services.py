@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY_STAGE1, run_job, workdir_with_shards, write_config
+from conftest import REPO, TINY_STAGE1, workdir_with_shards, write_config
 
 VENV_BIN = str(Path(sys.executable).parent)
 

@@ -64,8 +64,8 @@ def test_counts_labels_and_pixels_round_trip(sharded, demo_raw):
         sources = {f"{p.parent.name}-{p.stem}": p for p in (demo_raw / split).glob("*/*.JPEG")}
         assert manifest["splits"][split]["samples"] == len(sources)
         seen, diffs = {}, []
-        for shard in manifest["splits"][split]["shards"]:
-            seen.update(read_tar(out / shard["path"]))
+        for tar_entry in manifest["splits"][split]["shards"]:
+            seen.update(read_tar(out / tar_entry["path"]))
         assert set(seen) == set(sources)
         for key, fields in seen.items():
             src = sources[key]

@@ -13,7 +13,7 @@ from pipeline.modalities import SkipSample, get
 from pipeline.modalities.video import TRUNCATED
 from pipeline.modalities.video.decode import decode_video, resample
 from pipeline.modalities.video.settings import VideoData
-from pipeline.modalities.video.windows import frames_to_png, png_to_frames, to_tensor, video_pixels, windows
+from pipeline.modalities.video.windows import frames_to_png, png_to_frames, to_tensor, video_pixels
 
 SIZE = 16
 

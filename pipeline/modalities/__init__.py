@@ -39,7 +39,7 @@ from pipeline.formats import CondSpec
 from pipeline.modalities import common
 from pipeline.sections import SampleSection, Section, Stage1Section, Stage2Section
 
-__all__ = ["Batch", "CondSpec", "DataSection", "Item", "Listing", "Modality", "MissingExtra", "RawItem",
+__all__ = ["Batch", "CondSpec", "Conversion", "DataSection", "Item", "Listing", "Modality", "MissingExtra", "RawItem",
            "SkipSample", "get", "model_classes", "names", "pixels_to_model", "register", "require"]
 
 # ---- what stages exchange ------------------------------------------------------------------------
