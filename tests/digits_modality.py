@@ -18,6 +18,7 @@ from pydantic import Field
 from pipeline.errors import UserError
 from pipeline.models.metrics import gaussian_bits_per_dim, psnr
 from pipeline.modalities import Batch, CondSpec, DataSection, Item, Listing, Modality, RawItem, SkipSample
+from pipeline.modalities.common import build_pixelcnn, build_vqvae
 
 MEMBER = "gray.npy"
 
@@ -66,19 +67,13 @@ class Digits(Modality):
     def sample_shape(self, data: DigitsData) -> tuple[int, ...]:
         return (data.size, data.size)
 
+    # the paper's VQ-VAE and the Gated PixelCNN, with their settings (the default `stage1:` and
+    # `stage2:` sections of a modality)
     def build_autoencoder(self, stage1, data: DigitsData, cond):
-        from pipeline.models.vqvae import VQVAE
-
-        return VQVAE(in_channels=1, spatial_dims=2, hidden=stage1.hidden, num_res_blocks=stage1.num_res_blocks,
-                     num_downsamples=stage1.num_downsamples, codebook_size=stage1.codebook_size,
-                     code_dim=stage1.code_dim, beta=stage1.beta, ema=stage1.ema, decay=stage1.decay,
-                     dead_code_steps=stage1.dead_code_steps)
+        return build_vqvae(stage1, in_channels=1, spatial_dims=2)
 
     def build_prior(self, stage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None, data=None):
-        from pipeline.models.pixelcnn import GatedPixelCNN
-
-        return GatedPixelCNN(codebook_size=codebook_size, num_classes=0, hidden=stage2.hidden,
-                             num_layers=stage2.num_layers, kernel_size=stage2.kernel_size)
+        return build_pixelcnn(stage2, codebook_size)
 
     def val_sums(self, batch: Batch, out) -> dict[str, float]:
         recon = out.recon
