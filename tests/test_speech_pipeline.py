@@ -112,7 +112,7 @@ def test_speech_runs_through_the_pipeline_then_converts_voices(tmp_path, ray_loc
         proc = run_job("stage1.py", "--config", str(cfg), *extra, env=ray_address(ray_local))
         assert proc.returncode == 0 and "already finished" in proc.stdout, proc.stderr[-3000:]
         assert len(client.get_metric_history(vqvae["run_id"], "conversions")) == scored
-    assert "decoder_temperature=0.7" in client.get_run(vqvae["run_id"]).data.tags["conversion_evaluated_with"]
+    assert "decoder_temperature=0.7" in client.get_run(vqvae["run_id"]).data.tags["evaluated_with"]
 
 
 def _val_keys(work):
