@@ -9,14 +9,14 @@ from pipeline import modalities
 from pipeline.errors import UserError
 
 
-def make_demo_data(out: str, modality: str = "image", seed: int = 0, small: bool = False) -> dict:
+def make_demo_data(out: str, modality: str = modalities.DEFAULT, seed: int = 0, small: bool = False) -> dict:
     """The demo data of `modality` at `out` (left alone when it is there); -> its counts."""
     kind = modalities.get(modality)
     data = kind.DataConfig(name="demo", root=str(Path(out).resolve()), modality=modality, seed=seed)
     return kind.make_demo(data, small=small)
 
 
-def main(out: str, modality: str = "image", seed: int = 0, small: bool = False) -> None:
+def main(out: str, modality: str = modalities.DEFAULT, seed: int = 0, small: bool = False) -> None:
     """The job: one line saying where the data is; a bad modality or a missing tool, one line and exit 2."""
     try:
         info = make_demo_data(out, modality, seed, small)
