@@ -15,15 +15,11 @@ saying so; those before 2026-11-26 are format 1: a Gated PixelCNN's `num_codes` 
 from __future__ import annotations
 
 from pipeline.errors import UserError
-from pipeline.formats import CondSpec, cond_specs
+from pipeline.formats import CondSpec
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = 2
-
-
-def is_current(meta: dict) -> bool:
-    return meta.get("format") == FORMAT
 
 
 def upgrade_config(meta: dict, where: str) -> dict:
@@ -49,8 +45,3 @@ def upgrade_config(meta: dict, where: str) -> dict:
 def upgrade_weights(state: dict) -> dict:
     """The weights of a model without a `format` key, as format 2 loads them."""
     return {k: v for k, v in state.items() if not k.endswith("code_counts")}
-
-
-def prior_cond(meta: dict) -> dict[str, CondSpec]:
-    """The conditioning a registered prior takes, from its (upgraded) config.json."""
-    return cond_specs(meta.get("cond", {}))

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import AfterValidator, Field
 
 from pipeline.errors import UserError
-from pipeline.formats.models import prior_cond
+from pipeline.formats import cond_specs
 from pipeline.sections import Section, Stage1Section, Stage2Section
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def draw_per_class(modality, prior, vqvae, meta: dict, data, sample, device, ste
         shape = modality.sample_latent_shape(data, sample, vqvae.input_dims_per_code)
     if not shape:
         raise UserError("the prior's codes vary in shape and its config.json gives no latent_shape to sample")
-    cond, count, groups = sampling_plan(prior_cond(meta), sample.per_class)
+    cond, count, groups = sampling_plan(cond_specs(meta.get("cond")), sample.per_class)
     generator = torch.Generator().manual_seed(sample.seed)
     codes = prior.sample(cond, shape=tuple(shape), temperature=sample.temperature, generator=generator,
                          num_samples=count, track=progress.track)

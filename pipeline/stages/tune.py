@@ -27,9 +27,10 @@ from ray.tune import Callback
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
+from pipeline.fs import write_json_atomic
 from pipeline.locks import exclusive
 from pipeline.stages.stage1 import evaluate_after_training
-from pipeline.stages.train.driver import run_name, write_json
+from pipeline.stages.train.driver import run_name
 
 
 
@@ -402,7 +403,7 @@ def _finish(settings: Settings, search: str, parent: str, rows: list[dict], line
     result = {"run_id": parent, "search": search, "name": registered, "version": version, "promoted": promoted,
               "best_trial": best["trial"], "trials": rows, "table": table}
     client.set_terminated(parent, status="FINISHED")
-    write_json(os.path.join(settings.runs_dir, search, "result.json"), result)
+    write_json_atomic(os.path.join(settings.runs_dir, search, "result.json"), result)
     stopped = sum(r["status"] == "KILLED" for r in rows)
     print(f"\ntune {settings.data.name}: {len(rows)} trials, {stopped} stopped early by ASHA\n{table}\n"
           f"(* best completed trial) registered {registered} v{version}{' (champion)' if promoted else ''}; "

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # torch is imported where a model is saved or loaded: `models
     from torch import nn
 
 from pipeline.errors import UserError
-from pipeline.formats.models import CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_current, upgrade_config, upgrade_weights
+from pipeline.formats.models import CONFIG_FILE, FORMAT, WEIGHTS_FILE, upgrade_config, upgrade_weights
 from pipeline.tracking.registry import resolve
 
 
@@ -161,7 +161,7 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> nn.Module:
             raise UserError(f"model {where}: {CONFIG_FILE} does not build a {cls.__name__}: "
                             f"{str(e).splitlines()[0]}") from None
         try:
-            if is_current(logged):
+            if logged.get("format") == FORMAT:
                 load_weights(model, str(folder / WEIGHTS_FILE), strict=True)  # copies into params
             else:
                 model.load_state_dict(upgrade_weights(load_file(str(folder / WEIGHTS_FILE))), strict=True)

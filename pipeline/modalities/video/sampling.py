@@ -28,7 +28,7 @@ import torch
 
 from pipeline import progress
 from pipeline.errors import UserError
-from pipeline.formats.models import prior_cond
+from pipeline.formats import cond_specs
 from pipeline.formats.reader import SkipCounter, eval_batches, shard_urls
 from pipeline.media import write_gif, write_picture
 from pipeline.modalities.video.layout import ACTIONS
@@ -143,7 +143,7 @@ def continue_windows(modality, prior, vqvae, meta: dict, data, s, shards_dir: st
                    video_pixels(made["always_b"][0])]
         paths.append(write_picture(strip(counter), f"{stem}-counterfactual.png"))
         paths.append(write_gif(animate([counter]), f"{stem}-counterfactual.gif", data.display_fps))
-        vocabulary = prior_cond(meta)[ACTIONS].names or tuple(map(str, range(max(a, b) + 1)))
+        vocabulary = cond_specs(meta.get("cond"))[ACTIONS].names or tuple(map(str, range(max(a, b) + 1)))
         print(f"sample {data.name}: counterfactual rows: real, true actions, always {vocabulary[a]!r}, "
               f"always {vocabulary[b]!r} -> {stem}-counterfactual.png", flush=True)
     return paths, metrics

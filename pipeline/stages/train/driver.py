@@ -20,7 +20,7 @@ from typing import Callable
 from pipeline import progress
 from pipeline.config import Settings, settings_to_params
 from pipeline.errors import UserError
-from pipeline.fs import write_json_atomic as write_json
+from pipeline.fs import write_json_atomic
 from pipeline.locks import exclusive
 from pipeline.runtime import check_resources, init_ray, use_gpu
 from pipeline.sections import TrainingSection
@@ -83,7 +83,7 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
     params = [Param(k, "" if v is None else str(v)) for k, v in settings_to_params(settings).items()]
     for start in range(0, len(params), 100):  # MLflow's limit per batch
         client.log_batch(run.info.run_id, params=params[start:start + 100])
-    write_json(os.path.join(run_dir, "mlflow.json"), {"run_id": run.info.run_id})
+    write_json_atomic(os.path.join(run_dir, "mlflow.json"), {"run_id": run.info.run_id})
     return run.info.run_id
 
 
@@ -173,7 +173,7 @@ def record_result(settings: Settings, name: str, run_id: str, done: dict) -> dic
     from mlflow import MlflowClient
 
     MlflowClient(settings.tracking_uri).set_terminated(run_id, status="FINISHED")
-    write_json(os.path.join(settings.runs_dir, name, "result.json"), done)
+    write_json_atomic(os.path.join(settings.runs_dir, name, "result.json"), done)
     return done
 
 
