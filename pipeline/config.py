@@ -37,7 +37,9 @@ class MlflowConfig(_Section):
 class CodesConfig(_Section):
     model: Optional[str] = None  # else models:/vqvae-<data.name>@champion
     batch_size: int = Field(256, ge=1)
-    actors: int = Field(1, ge=1)  # encoder actors, each holding the model (and a GPU when GPUs are used)
+    # Encoder actors, each holding the model (and a GPU when GPUs are used). None: what the cluster
+    # has when the job starts, one per GPU (on CPUs one per two CPUs); a number: that many.
+    actors: Optional[int] = Field(None, ge=1)
     # On a GPU, encode under bf16 autocast as stage 1 trains (the quantizer's distances stay fp32):
     # 1.35x the images/s of fp32 on an H100, 1.5x channels-last (bench/gpu.py). A few positions whose encoding lies
     # almost as near two codes may take the other one than under fp32. false: fp32. No effect on CPU.

@@ -60,8 +60,9 @@ def _shard_labels(settings, split: str) -> dict[str, int]:
 
 def read_codes(folder: str, split: str):
     """(codes (N, 4, 4), labels (N,), keys) of a split whose code arrays all have one shape."""
-    rows = codeset.read_split(folder, split)
-    return np.stack(rows.codes), np.asarray(rows.cond["labels"]), rows.keys
+    rows = codeset.read_rows(folder, split, keys=True)
+    codes, cond, _ = rows.batch(np.arange(len(rows)))
+    return codes.numpy(), cond["labels"].numpy(), rows.keys
 
 
 def test_codes_cover_every_sample_with_the_smallest_dtype(chain):

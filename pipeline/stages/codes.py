@@ -6,13 +6,14 @@ Output, per model version (so the codes of two versions never mix), in the forma
 pipeline/formats/codes.py:
 
     <workdir>/codes/<dataset>/v<version>-<run id>/{train,val}/*.parquet   rows: key, codes, shape, conditioning
-    <workdir>/codes/<dataset>/v<version>-<run id>/manifest.json           model, K, conditioning, rows
+    <workdir>/codes/<dataset>/v<version>-<run id>/manifest.json           model, K, conditioning, rows, files
 
 Shards are opened inside Ray Data tasks with tarfile (not `read_webdataset`, which mis-groups
 members that are not stored together, ray #44068, and builds a DataFrame per sample), where the
 modality also turns each sample's members into model input (`from_members`; pixels stay uint8):
-decoding runs on every CPU of the cluster, in parallel, and `codes.actors` actors, which each load
-the model once, only batch (`collate`) and encode. (Decoding in the actor capped a GPU actor at
+decoding runs on every CPU of the cluster, in parallel, and the encoder actors, which each load
+the model once, only batch (`collate`) and encode: one per GPU the cluster has (on CPUs one per
+two CPUs), or `codes.actors` when set (`encoder_actors`). (Decoding in the actor capped a GPU actor at
 one core's PNG decoding, ~1,800 128x128 images/s, a tenth of what its GPU encodes.) Every split
 goes through one Ray Data pass (one actor pool, the model loaded once per actor), its rows
 partitioned into a folder per split by `write_parquet`, in a temporary folder that is renamed into
@@ -164,7 +165,7 @@ class EncoderActor:
 
 
 def _encode_splits(urls: dict[str, list[str]], out: str, uri: str, tracking_uri: str, dtype: np.dtype,
-                   settings: Settings, gpu: bool, cond_names: list[str], label: str = "codes",
+                   settings: Settings, gpu: bool, cond_names: list[str], actors: int, label: str = "codes",
                    total: int | None = None) -> None:
     """Encode every sample of `urls` ({split: shard paths}; its conditioning `cond_names`) into
     Parquet files under `out/<split>/`, showing samples encoded."""
@@ -182,10 +183,21 @@ def _encode_splits(urls: dict[str, list[str]], out: str, uri: str, tracking_uri:
         return sum(counted.values())
 
     with progress.polled(encoded, label, total, "samples"):
-        _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names)
+        _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names, actors)
 
 
-def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names) -> None:
+def encoder_actors(setting: int | None, resources: dict, gpu: bool) -> int:
+    """How many encoder actors the codes job runs: `codes.actors` when set; else what the cluster
+    has now: one per GPU on GPUs, on CPUs one per two CPUs (each actor takes one, and the shards'
+    decoding tasks the others), at least one."""
+    if setting is not None:
+        return setting
+    if gpu:
+        return max(1, int(resources.get("GPU", 0)))
+    return max(1, int(resources.get("CPU", 1)) // 2)
+
+
+def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names, actors) -> None:
     import ray
 
     tars = [{"path": u, "split": split} for split, paths in urls.items() for u in paths]
@@ -195,7 +207,7 @@ def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names) -> N
         .map_batches(EncoderActor, fn_constructor_kwargs={"uri": uri, "tracking_uri": tracking_uri,
                                                           "dtype": dtype.name, "modality": settings.data.modality,
                                                           "cond": cond_names, "bf16": settings.codes.bf16},
-                     compute=ray.data.ActorPoolStrategy(size=settings.codes.actors), num_gpus=1 if gpu else 0,
+                     compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
                      batch_size=settings.codes.batch_size, batch_format="numpy")
         # out/train/*.parquet, out/val/*.parquet: folders named by the split alone (the column
         # leaves the files), as stage 2 reads them
@@ -203,13 +215,10 @@ def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names) -> N
     )
 
 
-def _parquet_rows(folder: str) -> int:
-    import pyarrow.parquet as pq
-
-    if not os.path.isdir(folder):  # Ray Data writes no file when no row came out
-        return 0
-    return sum(pq.read_metadata(os.path.join(folder, f)).num_rows
-               for f in os.listdir(folder) if f.endswith(".parquet"))
+def _files(folder: str, split: str) -> list[list]:
+    """[name, rows] of each Parquet file of a split just written, in name order (none when Ray
+    Data wrote no file: no row came out)."""
+    return [[path.rsplit("/", 1)[1], rows] for path, rows in codeset.split_files(folder, split)]
 
 
 def codes(settings: Settings) -> dict:
@@ -261,7 +270,9 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
     start = time.perf_counter()
     init_ray(settings)
     gpu = use_gpu(settings)
-    actors = settings.codes.actors  # one CPU each (Ray Data's default), and a GPU each on GPUs
+    import ray
+
+    actors = encoder_actors(settings.codes.actors, ray.cluster_resources(), gpu)
     check_resources(f"codes {settings.data.name}", {"CPU": (actors, "codes.actors"),
                                                     **({"GPU": (actors, "codes.actors")} if gpu else {})})
     run_name = f"codes-{settings.data.name}-v{info['version']}"
@@ -270,13 +281,14 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
         mlflow.log_params({"model_uri": model_uri, "vqvae_name": info["name"], "vqvae_version": info["version"],
                            "vqvae_run_id": info["run_id"], "shards": settings.shards_dir,
                            "shards_manifest": f"{settings.shards_dir}/manifest.json",
-                           "batch_size": settings.codes.batch_size})
+                           "batch_size": settings.codes.batch_size, "actors": actors})
         with building(out, replace=True) as tmp:  # replaces an unfinished folder, or one overwritten
             _encode_splits({s: urls[s] for s in SPLITS}, str(tmp), pinned, uri, dtype, settings, gpu,
-                           list(shards_manifest["cond"]),
+                           list(shards_manifest["cond"]), actors,
                            label=f"codes {settings.data.name}",
                            total=sum(shards_manifest["splits"][s]["samples"] for s in SPLITS))
-            rows = {split: _parquet_rows(f"{tmp}/{split}") for split in SPLITS}
+            files = {split: _files(str(tmp), split) for split in SPLITS}
+            rows = {split: sum(n for _, n in files[split]) for split in SPLITS}
             # corrupt samples and damaged tars are skipped, so they are what the shards hold beyond the rows
             skipped = {split: shards_manifest["splits"][split]["samples"] - rows[split] for split in SPLITS}
             for split in SPLITS:
@@ -289,7 +301,7 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
             "model_uri": model_uri, "vqvae_name": info["name"], "vqvae_version": info["version"],
             "vqvae_run_id": info["run_id"], "codebook_size": codebook_size, "dtype": dtype.name,
             "latent_shape": latent_shape, "input_dims_per_code": vqvae.input_dims_per_code,
-            "cond": shards_manifest["cond"], "rows": rows, "skipped": skipped,
+            "cond": shards_manifest["cond"], "rows": rows, "files": files, "skipped": skipped,
             "shards": settings.shards_dir,
             "shards_used": {s: [sh["path"] for sh in shards_manifest["splits"][s]["shards"] if sh["samples"]]
                             for s in SPLITS},

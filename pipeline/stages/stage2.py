@@ -3,10 +3,12 @@
     python jobs/stage2.py --config configs/demo.yaml [--set stage2.steps=500]
 
 The codes are those the codes stage dumped for `stage2.vqvae`, by default the VQ-VAE champion.
-The modality builds the prior (`build_prior`) with the conditioning the codes carry. The code
-sets are small (one int8/int16 array per sample), so each worker reads the parquet files with
-pyarrow and keeps them in memory; rank r takes rows r, r+world, ... and draws batches with
-replacement from a seeded RNG, padding arrays of different shapes and masking the padding. The
+The modality builds the prior (`build_prior`) with the conditioning the codes carry. Rank r of
+`world` reads only its contiguous r-th part of each split's Parquet row groups and keeps it in
+memory in its stored integer type (pipeline/formats/codes.py `read_rows`: N / world rows a
+worker, 1 or 2 bytes a code), and draws batches with replacement from a seeded RNG, padding
+arrays of different shapes and masking the padding. The rows come from shards that the shard
+stage mixed across classes, so every rank's part holds every class. The
 loop runs a fixed number of steps, so every rank does the same number of passes and DDP stays in
 step. The best validated checkpoint is registered as `prior-<dataset>`, champion by
 val_nll_bits_per_code, tagged with the VQ-VAE version whose codes it learnt, so sampling can
@@ -73,25 +75,16 @@ def run_name(settings: Settings, info: dict) -> str:
 
 
 class _Rows:
-    """A split's rows of one rank, stacked once when every code array has the same shape."""
+    """A split's rows of one rank (`codes.read_rows`), drawn as Batches."""
 
-    def __init__(self, rows: codeset.CodeSet):
+    def __init__(self, rows: codeset.CodeRows):
         self.rows = rows
-        self.stacked = None
-        if len(rows) and rows.same_shape():
-            codes, cond, _ = codeset.collate(rows.codes, rows.cond)
-            self.stacked = (codes, cond)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def batch(self, idx: np.ndarray) -> Batch:
-        if self.stacked is not None:
-            codes, cond = self.stacked
-            t = torch.from_numpy(idx)
-            return Batch(codes[t], {k: v[t] for k, v in cond.items()})
-        sub = self.rows.subset(idx)
-        codes, cond, mask = codeset.collate(sub.codes, sub.cond)
+        codes, cond, mask = self.rows.batch(idx)
         return Batch(codes, cond, mask)
 
 
@@ -99,8 +92,8 @@ class PriorTask(Task):
     def __init__(self, settings: Settings, info: dict, rank: int, world: int, device: torch.device):
         self.settings, self.info, self.rank, self.device = settings, info, rank, device
         self.section = settings.stage2
-        self.train = _Rows(_rank_rows(info["dir"], "train", rank, world))
-        self.val = _Rows(_rank_rows(info["dir"], "val", rank, world))
+        self.train = _Rows(codeset.read_rows(info["dir"], "train", rank, world))
+        self.val = _Rows(codeset.read_rows(info["dir"], "val", rank, world))
         if len(self.train) == 0:
             raise RuntimeError(f"rank {rank}: no training rows ({info['dir']} has fewer rows than workers)")
 
@@ -134,11 +127,6 @@ class PriorTask(Task):
             "val_bits_per_dim": bits_per_code / info["input_dims_per_code"] + info["decoder_bits_per_dim"],
             "uniform_bits_per_code": math.log2(info["codebook_size"]),
         }
-
-
-def _rank_rows(folder: str, split: str, rank: int, world: int) -> codeset.CodeSet:
-    rows = codeset.read_split(folder, split)
-    return rows.subset(range(rank, len(rows), world))
 
 
 def train_loop_per_worker(config: dict) -> None:
