@@ -111,7 +111,7 @@ def one_process(settings, out: Path) -> tuple[int, float]:
     start = time.perf_counter()
     data = settings.data
     listing = settings.modality.find(data)
-    tasks = [t for s in sharding.SPLITS for t in sharding.plan_shards(listing.splits.get(s, []), s, data.samples_per_shard)]
+    tasks = [t for s in sharding.SPLITS for t in sharding.plan_shards(listing.splits.get(s, []), s, data.samples_per_shard, data.seed)]
     for split in sharding.SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
     fields = data.model_dump()

@@ -205,3 +205,45 @@ def test_overwrite_redoes_finished_output(tmp_path, demo_raw, ray_local):
     assert len(redone["splits"]["train"]["shards"]) == 3 < len(first["splits"]["train"]["shards"])
     assert sorted(p.name for p in (tmp_path / "w/shards/t/train").iterdir()) == \
         [f"train-{i:06d}.tar" for i in range(3)]
+
+
+def _uniform_distinct(classes: int, draws: int) -> float:
+    """Distinct classes expected among `draws` uniform draws from `classes` equally large ones."""
+    return classes * (1 - (1 - 1 / classes) ** draws)
+
+
+def test_shards_and_batches_mix_many_classes_and_the_same_listing_gives_the_same_bytes(tmp_path, ray_local):
+    """A listing in class order (as every class-folder layout lists) is mixed before it is cut: each
+    shard, and each training batch, holds about as many classes as a uniform draw. The shuffle
+    buffer is kept at ImageNet's proportion (stage 1's 2,000 samples over ~1,300 a class: about
+    1.5 classes' worth), so it alone could not mix class-ordered shards."""
+    from pipeline.formats.reader import SkipCounter, shard_urls, train_batches
+
+    classes, per_class = 100, 20
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = tmp_path / "raw" / "train" / f"n{c:08d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((32, 32, 3), rng.integers(0, 256, 3), np.uint8)
+            Image.fromarray(pixels).save(folder / f"n{c:08d}_{i}.JPEG")
+    manifests = []
+    for run in ("a", "b"):
+        cfg = write_config(tmp_path / f"{run}.yaml", tmp_path / run, tmp_path / "raw",
+                           data={"samples_per_shard": 100, "val_fraction": 0.05})
+        settings = load_settings(cfg)
+        manifests.append(shard(settings))
+    # the same listing and config: byte-identical shards (the order is a digest, not a generator)
+    digests = [[s["sha256"] for s in m["splits"]["train"]["shards"]] for m in manifests]
+    assert digests[0] == digests[1] and len(digests[0]) == 19
+
+    _, urls = shard_urls(settings.shards_dir, "train")
+    for url in urls[:-1]:  # every full shard of 100 samples: about a uniform draw's classes
+        labels = [int(m["cls"]) for m in wds.WebDataset(url, shardshuffle=False, empty_check=False)]
+        assert len(set(labels)) > 0.85 * _uniform_distinct(classes, len(labels)), (url, len(set(labels)))
+    batch_size, distinct = 32, []
+    batches = train_batches(urls, batch_size, seed=0, rank=0, modality=settings.modality, skips=SkipCounter(),
+                            shuffle_buffer=30)
+    for _ in range(30):
+        distinct.append(len(set(next(batches).cond["labels"].tolist())))
+    assert np.mean(distinct) > 0.9 * _uniform_distinct(classes, batch_size), distinct

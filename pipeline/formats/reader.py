@@ -1,6 +1,8 @@
 """Reading shards with `webdataset`: the training stream and the validation pass.
 
-Training draws shards with replacement (`ResampledShards`): every rank gets an endless stream and
+Training draws shards with replacement (`ResampledShards`), reads several at once, interleaved,
+and shuffles their samples in a buffer (the shards themselves hold a seeded mix of the
+classes, pipeline/stages/shard.py); every rank gets an endless stream and
 the loop runs a fixed number of steps, so all ranks see the same number of batches whatever the
 shard sizes, and a skipped corrupt sample cannot desynchronise DDP (ranks that drew different
 numbers of batches would wait on each other's gradients forever). Validation reads each shard
@@ -121,16 +123,47 @@ def _identity(item):
     return item
 
 
+OPEN_SHARDS = 4  # shards a training stream reads at once, drawing each sample from one of them
+
+
+def interleaved(handler, rng: random.Random, open_shards: int = OPEN_SHARDS):
+    """Pipeline stage: shard URLs in, samples out, read from `open_shards` tars at once, each
+    sample from one of them drawn at random (a tar that ends is replaced by the next URL). With
+    the shuffle buffer after it, a batch mixes the samples of several shards rather than of
+    one or two consecutive ones."""
+    def stage(src):
+        urls = iter(src)
+        streams: list = []
+        while True:
+            while len(streams) < open_shards:
+                url = next(urls, None)
+                if url is None:
+                    break
+                streams.append(iter(wds.tarfile_to_samples(handler=handler)(iter([url]))))
+            if not streams:
+                return
+            i = rng.randrange(len(streams))
+            sample = next(streams[i], None)
+            if sample is None:
+                streams.pop(i)
+            else:
+                yield sample
+    return stage
+
+
 def train_batches(urls: list[str], batch_size: int, seed: int, rank: int, modality,
-                  skips: SkipCounter, shuffle_buffer: int = 2000, view=_identity) -> Iterator:
+                  skips: SkipCounter, shuffle_buffer: int = 2000, view=_identity,
+                  open_shards: int = OPEN_SHARDS) -> Iterator:
     """Endless shuffled Batches; a different stream per rank and seed. Raises NoSamples when the
     shards yield nothing for a bounded while (drawing with replacement would otherwise spin).
-    `view` maps each Item before batching (a random crop of an utterance)."""
+    `view` maps each Item before batching (a random crop of an utterance). Shards are drawn with
+    replacement and read `open_shards` at a time, interleaved (`interleaved`), then shuffled
+    in a buffer of `shuffle_buffer` samples."""
     skips.max_empty_draws = max(100, 10 * len(urls))
     return iter(wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed * 7919 + rank, deterministic=True, worker_seed=lambda: rank),
         skips.drawn,
-        wds.tarfile_to_samples(handler=skips.handler),
+        interleaved(skips.handler, random.Random(seed * 131 + rank), open_shards),
         skips.arrived,
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 500), rng=random.Random(seed * 31 + rank)),
         wds.map(_decoder(modality, skips)),

@@ -2,8 +2,9 @@
 
     python jobs/shard.py --config configs/demo.yaml [--set overwrite=true]
 
-The driver asks the modality for the raw inputs of each split (`find`) and cuts each split into
-shards of `data.samples_per_shard` inputs; every shard is then one Ray Data task that reads,
+The driver asks the modality for the raw inputs of each split (`find`), mixes each split in a
+seeded order (`mixed`: listings come in class, speaker or clip order) and cuts it into shards of
+`data.samples_per_shard` inputs; every shard is then one Ray Data task that reads,
 preprocesses and writes its tar (temporary name, then rename), the modality saying what becomes
 of each input (`preprocess`, `to_members`). No shuffle between stages: a sample goes from file to
 tar in one worker. The manifest is written last, so a folder without one is unfinished and is
@@ -90,8 +91,22 @@ def unique_keys(items: list[RawItem]) -> list[str]:
     return keys
 
 
-def plan_shards(items: list[RawItem], split: str, per_shard: int) -> list[dict]:
-    planned = [{**item.__dict__, "key": key} for item, key in zip(items, unique_keys(items))]
+# How items are ordered into shards; recorded in the manifest, so shards cut otherwise (in class
+# order, before 2026-12-06) are not taken for these.
+ORDER = "sha256(seed/key)"
+
+
+def mixed(items: list[dict], seed: int) -> list[dict]:
+    """The items in a seeded pseudo-random order (each item's rank is the digest of the seed and its
+    key, unique in its split): a listing in class (speaker, clip) order comes out mixed, so every
+    shard, and every batch stage 1 draws from a few shards, holds about as many classes as a uniform
+    draw would. The same listing gives the same order on every machine and Python, and a file
+    added moves no other file's place relative to the rest."""
+    return sorted(items, key=lambda item: hashlib.sha256(f"{seed}/{item['key']}".encode()).digest())
+
+
+def plan_shards(items: list[RawItem], split: str, per_shard: int, seed: int = 0) -> list[dict]:
+    planned = mixed([{**item.__dict__, "key": key} for item, key in zip(items, unique_keys(items))], seed)
     # Items travel as JSON text: Ray Data's Arrow blocks would otherwise reshape their dicts.
     return [{"split": split, "index": i // per_shard, "items": json.dumps(planned[i:i + per_shard])}
             for i in range(0, len(planned), per_shard)]
@@ -115,7 +130,7 @@ def source_identity(listing, data) -> dict:
         for item in listing.splits.get(split, []):
             fields = [split, item.key, item.path, item.cond, item.skip] + ([item.meta] if item.meta else [])
             digest.update(json.dumps(fields).encode() + b"\n")
-    return {"listing_sha256": digest.hexdigest(), "data": _data_identity(data)}
+    return {"listing_sha256": digest.hexdigest(), "data": _data_identity(data), "order": ORDER}
 
 
 def _data_identity(data) -> dict:
@@ -128,6 +143,9 @@ def _check_finished(settings: Settings, finished: dict) -> None:
     check_format(finished, out)
     made = finished["source"]
     redo = "--set overwrite=true replaces them"
+    if made.get("order") != ORDER:
+        raise UserError(f"shard {data.name}: the shards at {out} were cut in listing (class) order, before "
+                        f"2026-12-06, so a training batch would hold one or two classes; {redo}")
     if made.get("data") != _data_identity(data):
         was = made.get("data") or {}
         changed = sorted(k for k in {*was, *_data_identity(data)} if was.get(k) != _data_identity(data).get(k))
@@ -173,7 +191,7 @@ def _shard(settings: Settings) -> dict:
 
     import ray
 
-    tasks = [t for s in SPLITS for t in plan_shards(listing.splits.get(s, []), s, data.samples_per_shard)]
+    tasks = [t for s in SPLITS for t in plan_shards(listing.splits.get(s, []), s, data.samples_per_shard, data.seed)]
     ctx = ray.data.DataContext.get_current()
     reservation = ctx.op_resource_reservation_enabled
     # One operator only: Ray Data's per-operator reservation would hold it to one task at a time
