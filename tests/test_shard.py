@@ -247,3 +247,20 @@ def test_shards_and_batches_mix_many_classes_and_the_same_listing_gives_the_same
     for _ in range(30):
         distinct.append(len(set(next(batches).cond["labels"].tolist())))
     assert np.mean(distinct) > 0.9 * _uniform_distinct(classes, batch_size), distinct
+
+
+def test_shards_cut_in_class_order_are_refused_not_reused(tmp_path, demo_raw, ray_local):
+    """Shards of before the mix (their source record has no order) would train on batches of one or
+    two classes: a rerun says so in one line rather than take them for finished."""
+    from pipeline.errors import UserError
+
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "w", demo_raw)
+    shard(load_settings(cfg))
+    path = tmp_path / "w/shards/t/manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["source"]["order"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"shards/t were cut in listing \(class\) order, before 2026-12-06, .*"
+                                        r"--set overwrite=true replaces them$"):
+        shard(load_settings(cfg))
+    assert shard(load_settings(cfg, ["overwrite=true"]))["source"]["order"] == "sha256(seed/key)"
