@@ -51,13 +51,15 @@ def gate(h: Tensor) -> Tensor:
 
 
 class CausalLayer(nn.Module):
-    """One dilated causal conv with a gated unit; returns (residual output, skip)."""
+    """One dilated causal conv with a gated unit; returns (residual output, skip). The last layer
+    of a stack has no residual 1x1 (`residual=False`; it returns its input): nothing reads its
+    residual output, and a parameter without a gradient stops DDP's backward on every rank."""
 
-    def __init__(self, channels: int, skip_channels: int, kernel_size: int, dilation: int):
+    def __init__(self, channels: int, skip_channels: int, kernel_size: int, dilation: int, residual: bool = True):
         super().__init__()
         self.kernel_size, self.dilation = kernel_size, dilation
         self.conv = nn.Conv1d(channels, 2 * channels, kernel_size, dilation=dilation)
-        self.res = nn.Conv1d(channels, channels, 1)
+        self.res = nn.Conv1d(channels, channels, 1) if residual else None
         self.skip = nn.Conv1d(channels, skip_channels, 1)
 
     @property
@@ -76,6 +78,8 @@ class CausalLayer(nn.Module):
             else:
                 h = h + cond
         z = gate(h)
+        if self.res is None:
+            return x, self.skip(z)
         return (x + self.res(z)) * math.sqrt(0.5), self.skip(z)
 
     def step_weights(self) -> tuple:
@@ -83,8 +87,13 @@ class CausalLayer(nn.Module):
         the bias, and the residual and skip 1x1s fused into one (C, C + S) matrix."""
         w = self.conv.weight  # (2C, C, kernel): tap j reads the input (kernel - 1 - j) * dilation back
         taps = [w[:, :, j].t().contiguous() for j in range(self.kernel_size)]
-        out = torch.cat([self.res.weight.squeeze(-1), self.skip.weight.squeeze(-1)]).t().contiguous()
-        return taps, self.conv.bias, out, torch.cat([self.res.bias, self.skip.bias])
+        skip_w, skip_b = self.skip.weight.squeeze(-1), self.skip.bias
+        if self.res is None:  # the last layer: a zero residual, whose output nothing reads
+            res_w = skip_w.new_zeros(skip_w.shape[1], skip_w.shape[1])
+            res_b = skip_b.new_zeros(skip_w.shape[1])
+        else:
+            res_w, res_b = self.res.weight.squeeze(-1), self.res.bias
+        return taps, self.conv.bias, torch.cat([res_w, skip_w]).t().contiguous(), torch.cat([res_b, skip_b])
 
 
 class WaveNet(nn.Module):
@@ -110,12 +119,20 @@ class WaveNet(nn.Module):
         else:
             self.embedding = nn.Embedding(num_classes + 1, channels)
         self.layers = nn.ModuleList(
-            CausalLayer(channels, skip_channels, kernel_size, 2 ** (i % cycle)) for i in range(num_layers))
+            CausalLayer(channels, skip_channels, kernel_size, 2 ** (i % cycle), residual=i < num_layers - 1)
+            for i in range(num_layers))
+        # Weights saved before the last layer lost its residual 1x1 (2026-12-06) hold one that
+        # nothing read: dropped on load, whatever loads them (a registered model, a checkpoint).
+        self._register_load_state_dict_pre_hook(self._drop_unread_residual)
         # Every layer's conditioning projections in one conv / linear (2 * channels each).
         self.local = nn.Conv1d(local_channels, 2 * channels * num_layers, 1) if local_channels else None
         self.glob = nn.Linear(global_channels, 2 * channels * num_layers) if global_channels else None
         self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(skip_channels, skip_channels, 1), nn.ReLU(),
                                   nn.Conv1d(skip_channels, num_classes, 1))
+
+    def _drop_unread_residual(self, state_dict, prefix, *args) -> None:
+        for name in ("weight", "bias"):
+            state_dict.pop(f"{prefix}layers.{len(self.layers) - 1}.res.{name}", None)
 
     @property
     def config(self) -> dict[str, Any]:
