@@ -12,6 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import UserError
 from pipeline.formats import codes as codeset
 
 
@@ -166,7 +167,7 @@ def test_a_rank_beyond_the_rows_gets_none_and_a_changed_folder_is_refused(tmp_pa
     manifest["rows"]["train"] = 4
     del manifest["files"]
     (tmp_path / "codes" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"codes/train: the Parquet files hold 3 rows, the manifest 4"):
+    with pytest.raises(UserError, match=r"codes/train: the Parquet files hold 3 rows, the manifest 4"):
         codeset.read_rows(folder, "train")
 
 

@@ -12,9 +12,9 @@ unfinished.
 
 Reading (`read_rows`): a split's rows are its files' rows in file-name order (the manifest's
 `files` lists each file's rows); rank r of `world` opens only the files, and in them reads only
-the row groups, holding its contiguous r-th part, one row group at a time, and keeps codes in their stored type in one flat array (`Ragged`) until a
-batch is drawn, so a stage-2 worker holds N / world rows at 1 byte a code for K <= 256 (2 bytes
-up to 32768), not the split, and not as int64.
+the row groups, that hold its contiguous r-th part, one row group at a time, and keeps codes in
+their stored type in one flat array (`Ragged`) until a batch is drawn: a stage-2 worker holds
+N / world rows at 1 byte a code for K <= 256 (2 bytes up to 32768), never the split, never int64.
 
 Format 2 (2026-11-26 on). Format 1 (fixed-size grids and a `label` column, in `v<version>/`
 folders) is never read: a folder without a manifest of this format is unfinished to every stage,
@@ -26,6 +26,8 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline.errors import UserError
 
 
 MANIFEST = "manifest.json"
@@ -80,11 +82,11 @@ class Ragged:
     offsets: np.ndarray  # int64, len(rows) + 1
     shapes: np.ndarray  # int64, (rows, ndim)
 
+    def __post_init__(self) -> None:
+        self.uniform = len(self.shapes) == 0 or bool((self.shapes == self.shapes[0]).all())
+
     def __len__(self) -> int:
         return len(self.shapes)
-
-    def same_shape(self) -> bool:
-        return len(self) == 0 or bool((self.shapes == self.shapes[0]).all())
 
     def row(self, i: int) -> np.ndarray:
         return self.values[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
@@ -94,7 +96,7 @@ class Ragged:
         entries, or None when every row has one shape)."""
         import torch
 
-        if self.same_shape():  # a view of the flat array: one gather, no per-row work
+        if self.uniform:  # a view of the flat array: one gather, no per-row work
             grid = self.values.reshape(len(self), *self.shapes[0]) if len(self) else self.values
             return torch.from_numpy(grid[idx].astype(np.int64)), None
         shape = tuple(int(n) for n in self.shapes[idx].max(axis=0))
@@ -189,7 +191,7 @@ def read_rows(folder: str, split: str, rank: int = 0, world: int = 1, keys: bool
     files = split_files(base, split, fs, manifest)
     total, expected = sum(rows for _, rows in files), manifest["rows"][split]
     if total != expected:
-        raise ValueError(f"{folder}/{split}: the Parquet files hold {total} rows, the manifest {expected}: "
+        raise UserError(f"{folder}/{split}: the Parquet files hold {total} rows, the manifest {expected}: "
                          f"the folder was changed after it was written; dump the codes again")
     start, end = rank_range(total, rank, world)
     names = list(manifest.get("cond", {}))
@@ -203,7 +205,7 @@ def read_rows(folder: str, split: str, rank: int = 0, world: int = 1, keys: bool
         with fs.open_input_file(path) as f:
             parquet = pq.ParquetFile(f)
             if parquet.metadata.num_rows != rows:
-                raise ValueError(f"{path}: {parquet.metadata.num_rows} rows, the manifest says {rows}: "
+                raise UserError(f"{path}: {parquet.metadata.num_rows} rows, the manifest says {rows}: "
                                  f"the folder was changed after it was written; dump the codes again")
             for group in range(parquet.metadata.num_row_groups):
                 size = parquet.metadata.row_group(group).num_rows
