@@ -120,4 +120,4 @@ def test_scale_benchmark_runs_speech_and_video(tmp_path, modality, sizes):
             assert stages["codes"]["raw_bytes"] > 0
         else:  # a clip of 32 frames is 7 windows of 8 every 4: the samples of the shards and the rows of the codes
             assert sum(stages["shard"]["samples"].values()) == 7 * run["n"] == sum(stages["codes"]["rows"].values())
-    assert result["prediction"]["samples"] == scale.TARGETS[modality][0]
+    assert result["prediction"] is None  # one size: no growth to extrapolate from
