@@ -152,18 +152,17 @@ def interleaved(handler, rng: random.Random, open_shards: int = OPEN_SHARDS):
 
 
 def train_batches(urls: list[str], batch_size: int, seed: int, rank: int, modality,
-                  skips: SkipCounter, shuffle_buffer: int = 2000, view=_identity,
-                  open_shards: int = OPEN_SHARDS) -> Iterator:
+                  skips: SkipCounter, shuffle_buffer: int = 2000, view=_identity) -> Iterator:
     """Endless shuffled Batches; a different stream per rank and seed. Raises NoSamples when the
     shards yield nothing for a bounded while (drawing with replacement would otherwise spin).
     `view` maps each Item before batching (a random crop of an utterance). Shards are drawn with
-    replacement and read `open_shards` at a time, interleaved (`interleaved`), then shuffled
+    replacement and read OPEN_SHARDS at a time, interleaved (`interleaved`), then shuffled
     in a buffer of `shuffle_buffer` samples."""
     skips.max_empty_draws = max(100, 10 * len(urls))
     return iter(wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed * 7919 + rank, deterministic=True, worker_seed=lambda: rank),
         skips.drawn,
-        interleaved(skips.handler, random.Random(seed * 131 + rank), open_shards),
+        interleaved(skips.handler, random.Random(seed * 131 + rank)),
         skips.arrived,
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 500), rng=random.Random(seed * 31 + rank)),
         wds.map(_decoder(modality, skips)),
