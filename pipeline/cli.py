@@ -40,10 +40,19 @@ def parse_settings(description: str, argv: list[str] | None = None, add_argument
 
 
 def check_workdir(settings: Settings) -> None:
-    """A local workdir must be a folder this process can write, before any work starts."""
+    """A local workdir must be a folder this process can write, before any work starts; one on an
+    object store a bucket that exists and takes these credentials' writes, with an MLflow server
+    to log to (a SQLite file cannot live on an object store)."""
+    from pipeline import fs
+
     workdir = settings.workdir
-    if "://" in workdir:
-        return  # a pyarrow filesystem: its own errors name it
+    if fs.is_remote(workdir):
+        if settings.tracking_uri.startswith("sqlite:"):
+            raise UserError(f"workdir {workdir} is on an object store, which cannot hold MLflow's SQLite file: set "
+                            f"MLFLOW_TRACKING_URI (or mlflow.tracking_uri) to an MLflow server every node reaches, e.g. "
+                            f"`mlflow server --artifacts-destination {fs.join(workdir, 'mlartifacts')}`")
+        fs.check_store(workdir)
+        return
     try:
         os.makedirs(workdir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-check-"):
@@ -66,6 +75,14 @@ def run_job(stage: Callable[..., object], description: str, argv: list[str] | No
         stage(settings) if add_arguments is None else stage(settings, args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as e:  # an object store that refused (credentials expired, bucket gone) mid-run
+        from pipeline.fs import store_error
+
+        line = store_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

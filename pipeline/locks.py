@@ -1,13 +1,22 @@
 """One writer per stage output: a job holds `<output>.lock` (its pid and host) while it writes,
 and a second job that would write the same output refuses in one line naming the first. A lock
-left by a process that is gone (killed, its machine restarted) is taken over, and said so."""
+left by a process that is gone (killed, its machine restarted) is taken over, and said so.
+
+On an object store (an s3:// workdir) there is neither O_EXCL nor a pid another machine could
+check: the lock is an object holding its owner and a lease that the holder renews every
+LEASE_S / 4 seconds from a thread. A job takes it when there is none or its lease has run out,
+then reads it back after SETTLE_S (two jobs that wrote it at once: the one whose write landed
+last holds it, the other sees so and refuses); a job killed without releasing it holds it at most
+LEASE_S more."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import socket
+import threading
 import time
+import uuid
 
 from pipeline.errors import UserError
 
@@ -34,9 +43,12 @@ def _holder(lock: str) -> dict | None:
 
 @contextlib.contextmanager
 def exclusive(output: str, what: str):
-    """Hold the lock of `output` (a local path; pyarrow URIs are not locked) around a block."""
-    if "://" in output:
-        yield
+    """Hold the lock of `output` (a local path or an object-store URI) around a block."""
+    from pipeline import fs
+
+    if fs.is_remote(output):
+        with _leased(output, what):
+            yield
         return
     lock = f"{output.rstrip('/')}.lock"
     os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
@@ -71,3 +83,57 @@ def exclusive(output: str, what: str):
         if (_holder(lock) or {}).get("pid") == me["pid"]:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(lock)
+
+
+LEASE_S = 120.0  # how long a lock on an object store outlives a holder that stopped renewing it
+SETTLE_S = 2.0  # between writing the lock and reading it back
+
+
+@contextlib.contextmanager
+def _leased(output: str, what: str):
+    from pipeline import fs
+
+    lock = f"{output.rstrip('/')}.lock"
+    owner = uuid.uuid4().hex
+    me = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def refuse(holder: dict) -> None:
+        left = max(0, int(holder.get("expires", 0) - time.time()))
+        raise UserError(f"{what}: {output} is being written by pid {holder.get('pid')} on {holder.get('host')} since "
+                        f"{holder.get('since', '?')} (its lease on {lock} runs {left} s more unless renewed)")
+
+    holder = fs.read_json(lock)
+    if holder and holder.get("expires", 0) > time.time():
+        refuse(holder)
+    if holder:
+        print(f"{what}: taking over {lock} from pid {holder.get('pid')} on {holder.get('host')}, whose lease ran out",
+              flush=True)
+    fs.write_json_atomic(lock, {**me, "expires": time.time() + LEASE_S})
+    time.sleep(SETTLE_S)
+    holder = fs.read_json(lock) or {}
+    if holder.get("owner") != owner:
+        refuse(holder)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_S / 4):
+            try:
+                if (fs.read_json(lock) or {}).get("owner") not in (owner, None):
+                    print(f"{what}: warning: {lock} was taken by another job while this one held it", flush=True)
+                    return
+                fs.write_json_atomic(lock, {**me, "expires": time.time() + LEASE_S})
+            except OSError as e:  # the store is unreachable for a moment: try again at the next turn
+                print(f"{what}: could not renew {lock}: {e}", flush=True)
+
+    renewer = threading.Thread(target=renew, name="lock-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+        with contextlib.suppress(OSError):
+            if (fs.read_json(lock) or {}).get("owner") == owner:
+                lfs, where = fs.filesystem(lock)
+                lfs.delete_file(where)

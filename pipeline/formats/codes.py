@@ -185,7 +185,7 @@ def read_rows(folder: str, split: str, rank: int = 0, world: int = 1, keys: bool
     from pipeline.fs import filesystem
 
     fs, base = (fs, folder) if fs is not None else filesystem(folder)
-    manifest = load_manifest(folder, fs)
+    manifest = load_manifest(base, fs)
     if manifest is None:
         raise FileNotFoundError(f"{folder}: no finished codes (manifest.json of format {FORMAT})")
     files = split_files(base, split, fs, manifest)

@@ -22,14 +22,31 @@ device. (Why not Ray Data's iterator: docs/architecture.md.)
 """
 from __future__ import annotations
 
+import importlib
 import random
 from typing import Iterator
 
 import torch
 import webdataset as wds
 
+from pipeline import fs as fsx
 from pipeline.errors import UserError
 from pipeline.formats.shards import MANIFEST, load_manifest
+
+
+def open_stream(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    """webdataset's opener for tars on a pyarrow filesystem (s3://, gs://, ...): a buffered stream
+    through the same filesystem (endpoint, credentials) as every other stage's reads and writes.
+    webdataset 1.0 has no s3 handler of its own."""
+    if "r" not in mode:
+        raise ValueError(f"{url}: shards are opened for reading only")
+    return fsx.open_read(url)
+
+
+# the module, not webdataset.gopen (the package exports its function under that name)
+_gopen = importlib.import_module("webdataset.gopen")
+for _scheme in ("s3", "gs", "gcs", "hdfs", "abfs", "abfss"):
+    _gopen.gopen_schemes[_scheme] = open_stream
 
 
 NO_SAMPLES = "no sample could be read"  # the driver finds this in the workers' error

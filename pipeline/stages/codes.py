@@ -23,7 +23,7 @@ run's `skipped_<split>`.
 """
 from __future__ import annotations
 
-import os
+import json
 import sys
 import tarfile
 import time
@@ -31,11 +31,12 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from pipeline import fs as fsx
 from pipeline import modalities, progress
 from pipeline.config import Settings
 from pipeline.errors import UserError
 from pipeline.formats import codes as codeset
-from pipeline.fs import building, write_json_atomic
+from pipeline.fs import write_json_atomic
 from pipeline.formats.shards import manifest_digest
 from pipeline.locks import exclusive
 from pipeline.runtime import check_resources, init_ray, use_gpu
@@ -50,14 +51,16 @@ def read_shard(row: dict) -> list[dict]:
     A damaged tar (truncated, bad header) keeps the samples read before the damage; the others are
     skipped, counted by `codes` as the shard manifest's samples minus the rows written."""
     samples: dict[str, dict] = {}
-    try:
-        with tarfile.open(row["path"]) as tar:
+    try:  # a local path or an object-store URI
+        with fsx.open_read(row["path"]) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 key, _, ext = member.name.partition(".")  # as webdataset splits them: keys hold no dots
                 samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
+        if isinstance(e, OSError) and fsx.store_error(e):  # refused by the store: not a damaged tar
+            raise
         print(f"codes: {row['path']}: damaged after {len(samples)} samples ({e}); the rest of it is skipped",
               file=sys.stderr, flush=True)
     return [{"key": k, "exts": list(s), "payloads": list(s.values()), "split": row["split"]}
@@ -174,16 +177,17 @@ def _encode_splits(urls: dict[str, list[str]], out: str, uri: str, tracking_uri:
     """Encode every sample of `urls` ({split: shard paths}; its conditioning `cond_names`) into
     Parquet files under `out/<split>/`, showing samples encoded."""
     counted: dict[str, int] = {}
+    fs, base = fsx.filesystem(out)
 
     def encoded() -> int:  # rows in the Parquet files written so far (a file being written: later)
         import pyarrow.parquet as pq
 
         for split in urls:
-            folder = os.path.join(out, split)
-            for name in os.listdir(folder) if os.path.isdir(folder) else []:
-                path = os.path.join(folder, name)
+            for name in fsx.names(fsx.join(out, split)):
+                path = f"{base}/{split}/{name}"
                 if name.endswith(".parquet") and path not in counted:
-                    counted[path] = pq.ParquetFile(path).metadata.num_rows
+                    with fs.open_input_file(path) as f:
+                        counted[path] = pq.ParquetFile(f).metadata.num_rows
         return sum(counted.values())
 
     with progress.polled(encoded, label, total, "samples"):
@@ -214,8 +218,10 @@ def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names, acto
                      compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
                      batch_size=settings.codes.batch_size, batch_format="numpy")
         # out/train/*.parquet, out/val/*.parquet: folders named by the split alone (the column
-        # leaves the files), as stage 2 reads them
-        .write_parquet(out, partition_cols=["split"], partitioning_flavor=None, row_group_size=ROWS_PER_GROUP)
+        # leaves the files), as stage 2 reads them; on an object store through this project's
+        # filesystem (its endpoint and credentials)
+        .write_parquet(fsx.filesystem(out)[1], filesystem=fsx.filesystem(out)[0], partition_cols=["split"],
+                       partitioning_flavor=None, row_group_size=ROWS_PER_GROUP)
     )
 
 
@@ -286,12 +292,12 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
                            "vqvae_run_id": info["run_id"], "shards": settings.shards_dir,
                            "shards_manifest": f"{settings.shards_dir}/manifest.json",
                            "batch_size": settings.codes.batch_size, "actors": actors})
-        with building(out, replace=True) as tmp:  # replaces an unfinished folder, or one overwritten
-            _encode_splits({s: urls[s] for s in SPLITS}, str(tmp), pinned, uri, dtype, settings, gpu,
+        with fsx.building_output(out) as tmp:  # replaces an unfinished folder, or one overwritten
+            _encode_splits({s: urls[s] for s in SPLITS}, tmp, pinned, uri, dtype, settings, gpu,
                            list(shards_manifest["cond"]), actors,
                            label=f"codes {settings.data.name}",
                            total=sum(shards_manifest["splits"][s]["samples"] for s in SPLITS))
-            files = {split: _files(str(tmp), split) for split in SPLITS}
+            files = {split: _files(tmp, split) for split in SPLITS}
             rows = {split: sum(n for _, n in files[split]) for split in SPLITS}
             # corrupt samples and damaged tars are skipped, so they are what the shards hold beyond the rows
             skipped = {split: shards_manifest["splits"][split]["samples"] - rows[split] for split in SPLITS}
@@ -314,7 +320,7 @@ def _dump(settings: Settings, info: dict, model_uri: str, pinned: str, out: str,
         seconds = time.perf_counter() - start
         mlflow.log_metrics({**{f"rows_{s}": n for s, n in rows.items()},
                             **{f"skipped_{s}": n for s, n in skipped.items()}, "seconds": seconds})
-        mlflow.log_artifact(f"{out}/{codeset.MANIFEST}")
+        mlflow.log_text(json.dumps(manifest, indent=1), codeset.MANIFEST)
         mlflow.set_tag("codes_dir", out)
     shape = "x".join(map(str, latent_shape)) if latent_shape else "varying"
     print(f"codes {settings.data.name}: {info['name']} v{info['version']} (K={codebook_size}, codes "

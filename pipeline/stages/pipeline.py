@@ -11,10 +11,33 @@ import time
 from pipeline.config import Settings
 
 
+DEMO_DONE = ".demo-complete"  # written last beside demo data uploaded to an object store
+
+
 def _make_demo_data(settings: Settings) -> None:
-    if settings.data.make_demo:
-        info = settings.modality.make_demo(settings.data)
+    from pipeline import fs as fsx
+
+    data = settings.data
+    if not data.make_demo:
+        return
+    if not fsx.is_remote(data.root):
+        info = settings.modality.make_demo(data)
         print(f"demo data {'written to' if info['created'] else 'already at'} {info['out']}")
+        return
+    # On an object store: made in a local folder, uploaded, then marked complete (an upload that
+    # was cut short has no mark, and is made and uploaded again).
+    done = fsx.join(data.root, DEMO_DONE)
+    if fsx.path_exists(done):
+        print(f"demo data already at {data.root}")
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vqvae-demo-") as tmp:
+        local = data.model_copy(update={"root": os.path.join(tmp, "raw")})
+        info = settings.modality.make_demo(local)
+        fsx.upload(local.root, data.root)
+    fsx.write_json_atomic(done, {k: v for k, v in info.items() if k not in ("out", "created")})
+    print(f"demo data written to {data.root}")
 
 
 def stages():

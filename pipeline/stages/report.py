@@ -13,7 +13,6 @@ actions), the reconstructions of the last validation, the codebook usage, and th
 from __future__ import annotations
 
 import base64
-import glob
 import html
 import math
 import os
@@ -22,6 +21,7 @@ import tempfile
 import time
 
 from pipeline.config import Settings
+from pipeline import fs as fsx
 from pipeline.fs import write_atomic
 
 MEDIA = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".wav": "audio/wav",
@@ -241,18 +241,36 @@ def write_report(settings: Settings, results: dict, run_id: str | None = None) -
             if usage:
                 parts.append("<h2>Codebook usage</h2><div class=row>" + _media(usage[0], "codes by use") + "</div>")
         if stage2:
-            drawn = sorted(glob.glob(os.path.join(settings.samples_dir, f"samples-{stage2['version']}[.-]*")))
+            drawn = _samples(settings.samples_dir, stage2["version"], tmp)
             if drawn:
                 parts.append("<h2>Samples from the prior</h2><div class=row>"
                              + "".join(_media(p, os.path.basename(p)) for p in pick_views(drawn)) + "</div>")
         page = _PAGE.format(title=html.escape(f"{name} report"), body="\n".join(parts))
-
-    path = os.path.join(settings.workdir, f"report-{name}.html")
-    write_atomic(path, page.encode())
-    run_id = run_id or results.get("pipeline_run_id")
-    if run_id:
-        client.log_artifact(run_id, path)
+        local = os.path.join(tmp, f"report-{name}.html")
+        write_atomic(local, page.encode())
+        path = fsx.join(settings.workdir, f"report-{name}.html")
+        fs, where = fsx.filesystem(path)
+        write_atomic(where, page.encode(), fs)
+        run_id = run_id or results.get("pipeline_run_id")
+        if run_id:
+            client.log_artifact(run_id, local)
     return path
+
+
+def _samples(folder: str, version, into: str) -> list[str]:
+    """The files the sample job drew from prior `version` (samples-<version>.* and -*), as local
+    paths: downloaded into `into` when `folder` is on an object store."""
+    pattern = re.compile(rf"samples-{re.escape(str(version))}[.-]")
+    found = [n for n in fsx.names(folder) if pattern.match(n)]
+    if not fsx.is_remote(folder):
+        return [os.path.join(folder, n) for n in found]
+    fs, base = fsx.filesystem(folder)
+    local = []
+    for n in found:
+        local.append(os.path.join(into, n))
+        with open(local[-1], "wb") as f:
+            f.write(fsx.read_bytes(fs, f"{base}/{n}"))
+    return local
 
 
 _PAGE = """<!doctype html>

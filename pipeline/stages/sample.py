@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 
+from pipeline import fs as fsx
 from pipeline.config import Settings
 from pipeline.errors import UserError
 
@@ -59,18 +60,20 @@ def _sample(settings: Settings) -> tuple[str, str, str]:
     prior = tracking.load_prior(prior_uri, device)
     vqvae = tracking.load_vqvae(vqvae_uri, device)
     s = settings.sample
-    os.makedirs(settings.samples_dir, exist_ok=True)
-    stem = os.path.join(settings.samples_dir, f"samples-{prior_info['version']}")
-    paths, metrics = settings.modality.draw_samples(prior, vqvae, meta, settings.data, s, settings.shards_dir,
-                                                    device, stem)
-    seconds = time.perf_counter() - start
     tags = {"stage": "sample", "prior_name": prior_info["name"], "prior_version": prior_info["version"],
             "vqvae_name": vqvae_info["name"], "vqvae_version": vqvae_info["version"]}
-    with tracking.start_run(experiment_id, f"sample-{settings.data.name}-v{prior_info['version']}", tags=tags) as run:
-        mlflow.log_params({**s.model_dump(exclude_none=True), "prior_uri": prior_uri, "vqvae_uri": vqvae_uri})
-        mlflow.log_metrics({"seconds": seconds, **metrics})
-        for path in paths:
-            mlflow.log_artifact(path, "samples")
+    with fsx.staged(settings.samples_dir) as folder:  # on an object store: uploaded at the end
+        stem = os.path.join(folder, f"samples-{prior_info['version']}")
+        paths, metrics = settings.modality.draw_samples(prior, vqvae, meta, settings.data, s, settings.shards_dir,
+                                                        device, stem)
+        seconds = time.perf_counter() - start
+        with tracking.start_run(experiment_id, f"sample-{settings.data.name}-v{prior_info['version']}",
+                                tags=tags) as run:
+            mlflow.log_params({**s.model_dump(exclude_none=True), "prior_uri": prior_uri, "vqvae_uri": vqvae_uri})
+            mlflow.log_metrics({"seconds": seconds, **metrics})
+            for path in paths:
+                mlflow.log_artifact(path, "samples")
+    paths = [fsx.join(settings.samples_dir, os.path.relpath(p, folder)) for p in paths]
     for name, value in metrics.items():
         print(f"sample {settings.data.name}: {name} = {value:.4g}", flush=True)
     print(f"sample {settings.data.name}: {len(paths)} files from {prior_uri} decoded by {vqvae_uri} in "

@@ -27,6 +27,7 @@ from ray.tune import Callback
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
+from pipeline import fs as fsx
 from pipeline.fs import write_json_atomic
 from pipeline.locks import exclusive
 from pipeline.stages.stage1 import evaluate_after_training
@@ -125,7 +126,7 @@ def tune(settings: Settings) -> dict:
     lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # exit 2 if down
     search = search_name(settings)
-    with exclusive(os.path.join(settings.runs_dir, search), f"tune {settings.data.name}"):
+    with exclusive(fsx.join(settings.runs_dir, search), f"tune {settings.data.name}"):
         return _search(settings, search, lineage, experiment_id)
 
 
@@ -223,11 +224,13 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
         # search is. Its new-style output prints the header even at verbose=0; the classic one
         # at 0 prints nothing.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    path = os.path.join(settings.runs_dir, search)
+    storage = fsx.ray_storage(settings.runs_dir)
+    path = fsx.join(storage["storage_path"], search)
+    on = {"storage_filesystem": storage["storage_filesystem"]} if "storage_filesystem" in storage else {}
     try:
-        if tune.Tuner.can_restore(path):
+        if tune.Tuner.can_restore(path, **on):
             print(f"tune {settings.data.name}: resuming search {search}", flush=True)
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, **on)
         else:  # a restored search brings back its TrialProgress with its state
             progress = TrialProgress(f"tune {settings.data.name}", len(_grid(settings)) * t.num_samples,
                                      _metrics(settings)[0], list(t.space))
@@ -235,7 +238,7 @@ def _fit_search(settings: Settings, base: Settings, search: str, parent: str, ex
                 trainable, param_space=param_space(settings),
                 tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=t.num_samples,
                                             max_concurrent_trials=t.max_concurrent_trials),
-                run_config=tune.RunConfig(name=search, storage_path=settings.runs_dir, verbose=1 if verbose else 0,
+                run_config=tune.RunConfig(name=search, **storage, verbose=1 if verbose else 0,
                                           callbacks=[progress]))
         return tuner.fit()
     except BaseException:
@@ -351,7 +354,8 @@ def _log_trial_model(settings: Settings, search: str, row: dict, lineage: dict) 
     from pipeline.stages.train.driver import load_state
 
     model = build_model(settings)
-    model.load_state_dict(load_state(Checkpoint(row["checkpoint"]))["model"])
+    on = fsx.ray_storage(settings.runs_dir).get("storage_filesystem")  # the path is on the runs' filesystem
+    model.load_state_dict(load_state(Checkpoint(row["checkpoint"], filesystem=on))["model"])
     with mlflow.start_run(run_id=row["run_id"]):
         tracking.log_model(model, "model", metadata={"stage": "stage1", **lineage, "run_id": row["run_id"],
                                                      "tune_search": search, "tune_trial": row["trial"]})
@@ -403,7 +407,7 @@ def _finish(settings: Settings, search: str, parent: str, rows: list[dict], line
     result = {"run_id": parent, "search": search, "name": registered, "version": version, "promoted": promoted,
               "best_trial": best["trial"], "trials": rows, "table": table}
     client.set_terminated(parent, status="FINISHED")
-    write_json_atomic(os.path.join(settings.runs_dir, search, "result.json"), result)
+    write_json_atomic(fsx.join(settings.runs_dir, search, "result.json"), result)
     stopped = sum(r["status"] == "KILLED" for r in rows)
     print(f"\ntune {settings.data.name}: {len(rows)} trials, {stopped} stopped early by ASHA\n{table}\n"
           f"(* best completed trial) registered {registered} v{version}{' (champion)' if promoted else ''}; "

@@ -13,10 +13,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from typing import Callable
 
+from pipeline import fs as fsx
 from pipeline import progress
 from pipeline.config import Settings, settings_to_params
 from pipeline.errors import UserError
@@ -39,19 +39,15 @@ def run_name(prefix: str, settings: Settings, shaping: dict) -> str:
     return f"{prefix}-{settings.data.name}-{digest}"
 
 
-def read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+read_json = fsx.read_json
 
 
 def finished_result(settings: Settings, name: str) -> dict | None:
     """The result of a finished run of this name (None when unfinished; overwrite forgets it)."""
-    run_dir = os.path.join(settings.runs_dir, name)
-    if settings.overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
-    return read_json(os.path.join(run_dir, "result.json"))
+    run_dir = fsx.join(settings.runs_dir, name)
+    if settings.overwrite:
+        fsx.remove_tree(run_dir)
+    return read_json(fsx.join(run_dir, "result.json"))
 
 
 def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, stage: str) -> str:
@@ -62,9 +58,10 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
 
     from pipeline import tracking
 
-    run_dir = os.path.join(settings.runs_dir, name)
-    os.makedirs(run_dir, exist_ok=True)
-    started = read_json(os.path.join(run_dir, "mlflow.json"))
+    run_dir = fsx.join(settings.runs_dir, name)
+    if not fsx.is_remote(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+    started = read_json(fsx.join(run_dir, "mlflow.json"))
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     if started is not None:
         from mlflow.exceptions import MlflowException
@@ -83,7 +80,7 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
     params = [Param(k, "" if v is None else str(v)) for k, v in settings_to_params(settings).items()]
     for start in range(0, len(params), 100):  # MLflow's limit per batch
         client.log_batch(run.info.run_id, params=params[start:start + 100])
-    write_json_atomic(os.path.join(run_dir, "mlflow.json"), {"run_id": run.info.run_id})
+    write_json_atomic(fsx.join(run_dir, "mlflow.json"), {"run_id": run.info.run_id})
     return run.info.run_id
 
 
@@ -104,7 +101,10 @@ def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config:
     need = {"CPU": (workers * settings.ray.cpus_per_worker, "ray.num_workers or ray.cpus_per_worker")}
     if gpu:
         need["GPU"] = (workers, "ray.num_workers (or set ray.use_gpu: false)")
-    progress_path = os.path.join(settings.runs_dir, name, progress.PROGRESS_FILE) if "://" not in settings.runs_dir else None
+    # rank 0 writes its progress where the driver reads it: a local workdir (on a cluster, the
+    # shared disk); none on an object store, where the stage's MLflow run shows it
+    progress_path = None if fsx.is_remote(settings.runs_dir) else os.path.join(settings.runs_dir, name,
+                                                                                 progress.PROGRESS_FILE)
     trainer = TorchTrainer(
         loop,
         train_loop_config={"settings": settings.model_dump(), "run_id": run_id,
@@ -112,7 +112,7 @@ def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config:
         scaling_config=ScalingConfig(num_workers=settings.ray.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": settings.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=settings.runs_dir,
+        run_config=RunConfig(name=name, **fsx.ray_storage(settings.runs_dir),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=checkpoint_config or CheckpointConfig(num_to_keep=2),
                              callbacks=callbacks),
@@ -173,7 +173,7 @@ def record_result(settings: Settings, name: str, run_id: str, done: dict) -> dic
     from mlflow import MlflowClient
 
     MlflowClient(settings.tracking_uri).set_terminated(run_id, status="FINISHED")
-    write_json_atomic(os.path.join(settings.runs_dir, name, "result.json"), done)
+    write_json_atomic(fsx.join(settings.runs_dir, name, "result.json"), done)
     return done
 
 
@@ -190,7 +190,7 @@ def train_and_register(settings: Settings, *, stage: str, name: str, registered:
     from pipeline import tracking
 
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # unreachable: exit 2 now
-    with exclusive(os.path.join(settings.runs_dir, name), f"{stage} {settings.data.name}"):
+    with exclusive(fsx.join(settings.runs_dir, name), f"{stage} {settings.data.name}"):
         return _train_and_register(settings, experiment_id, stage, name, registered, lineage, loop, loop_config,
                                    max_failures, build, metric, key_metrics, metadata, version_tags, best, summary)
 
