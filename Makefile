@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels on CPU machines.
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	# the base install serves images; the speech and video extras their demos and tests
-	$(PY) -m pip install -e ".[speech,video,dev]"
+	# the base install serves images; the speech and video extras their demos and tests, s3 an
+	# MLflow server's artifacts on S3, dev the tests (with an S3 server of their own)
+	$(PY) -m pip install -e ".[speech,video,s3,dev]"
 	touch $@
 
 install: $(VENV)/.installed
