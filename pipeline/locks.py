@@ -7,7 +7,7 @@ check: the lock is an object holding its owner and a lease that the holder renew
 LEASE_S / 4 seconds from a thread. A job takes it when there is none or its lease has run out,
 then reads it back after SETTLE_S (two jobs that wrote it at once: the one whose write landed
 last holds it, the other sees so and refuses); a job killed without releasing it holds it at most
-LEASE_S more."""
+LEASE_S more, or none when the next job runs on the same machine and sees its pid is gone."""
 from __future__ import annotations
 
 import contextlib
@@ -104,11 +104,13 @@ def _leased(output: str, what: str):
                         f"{holder.get('since', '?')} (its lease on {lock} runs {left} s more unless renewed)")
 
     holder = fs.read_json(lock)
-    if holder and holder.get("expires", 0) > time.time():
+    pid = (holder or {}).get("pid")
+    gone = bool(holder) and holder.get("host") == me["host"] and isinstance(pid, int) and not _alive(pid)
+    if holder and holder.get("expires", 0) > time.time() and not gone:
         refuse(holder)
     if holder:
-        print(f"{what}: taking over {lock} from pid {holder.get('pid')} on {holder.get('host')}, whose lease ran out",
-              flush=True)
+        why = "which is gone" if gone else "whose lease ran out"
+        print(f"{what}: taking over {lock} from pid {pid} on {holder.get('host')}, {why}", flush=True)
     fs.write_json_atomic(lock, {**me, "expires": time.time() + LEASE_S})
     time.sleep(SETTLE_S)
     holder = fs.read_json(lock) or {}

@@ -148,10 +148,18 @@ def test_aws_ray_processes_get_the_mlflow_server_address(aws):
     assert re.search(r"--artifacts-destination s3://", server)
 
 
-def test_aws_mounts_the_shared_workdir_of_the_imagenet_config(aws, imagenet):
-    workdir = imagenet.workdir
-    assert f"-v {workdir}:{workdir}" in aws["docker"]["run_options"]
-    assert any(f"{workdir}" in c and "mount -t nfs4" in c for c in aws["initialization_commands"])
+def test_aws_nodes_share_no_disk_and_reach_the_imagenet_configs_bucket(aws, imagenet):
+    """Object storage alone: no volume, no NFS mount; every container gets the bucket's region, and
+    worker nodes an instance profile (the head gets Ray's, which covers S3)."""
+    bucket = imagenet.workdir.removeprefix("s3://").split("/")[0]
+    assert imagenet.workdir.startswith("s3://") and imagenet.data.root.startswith(f"s3://{bucket}/")
+    assert not [o for o in aws["docker"]["run_options"] if o.startswith("-v ")]
+    assert not [c for c in aws.get("initialization_commands", []) if "mount" in c]
+    assert any(o.startswith("--env AWS_REGION=") for o in aws["docker"]["run_options"])
+    workers = {k: v for k, v in aws["available_node_types"].items() if k != aws["head_node_type"]}
+    assert workers and all(v["node_config"]["IamInstanceProfile"]["Arn"] for v in workers.values())
+    (server,) = [c for c in aws["head_start_ray_commands"] if "mlflow server" in c]
+    assert f"--artifacts-destination {imagenet.workdir}/" in server  # MLflow's artifacts in the same bucket
 
 
 def test_cluster_definitions_pin_the_installed_ray(aws, raycluster, rayjobs):
@@ -236,15 +244,20 @@ def test_rayjobs_share_the_rayclusters_image_env_and_volumes(raycluster, rayjobs
             assert json.dumps(_pod_setup(pod), sort_keys=True) == reference, f"{stage}/{group}"
 
 
-def test_pods_mount_the_shared_workdir_and_reach_the_mlflow_service(raycluster, imagenet):
+def test_pods_need_no_shared_volume_and_reach_the_bucket_and_the_mlflow_service(raycluster, rayjobs, imagenet):
     setup = _pod_setup(raycluster["spec"]["headGroupSpec"]["template"]["spec"])
     env = {e["name"]: e.get("value") for e in setup["env"]}
-    (mount,) = [m for m in setup["volumeMounts"] if m["mountPath"] == imagenet.workdir]
-    (volume,) = [v for v in setup["volumes"] if v["name"] == mount["name"]]
+    assert not [v for v in setup["volumes"] or [] if "persistentVolumeClaim" in v]  # object storage alone
+    assert "AWS_REGION" in env
+    assert [e["secretRef"]["name"] for e in setup["envFrom"]] == ["vqvae-aws"]  # keys, when not IRSA
     base = {d["kind"]: d for d in load(KUBERAY / "base.yaml")}
-    assert base["PersistentVolumeClaim"]["metadata"]["name"] == volume["persistentVolumeClaim"]["claimName"]
-    assert base["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert base["ServiceAccount"]["metadata"]["name"] == setup["serviceAccountName"]
+    assert "eks.amazonaws.com/role-arn" in base["ServiceAccount"]["metadata"]["annotations"]
+    efs = {d["kind"]: d for d in load(KUBERAY / "efs.yaml")}  # option B, a shared workdir
+    assert efs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    for stage, job in rayjobs.items():
+        workdir = re.search(r"--set workdir=(\S+)", job["spec"]["entrypoint"])
+        assert (workdir.group(1) if workdir else imagenet.workdir).startswith("s3://"), stage
 
     host = env["MLFLOW_TRACKING_URI"].removeprefix("http://")
     name, port = host.split(":")
@@ -276,18 +289,19 @@ def test_dockerfile_copies_existing_paths_and_installs_torch_before_the_project(
 # The experiment
 
 
-def test_imagenet_config_has_the_papers_settings(imagenet):
+def test_imagenet_config_has_the_papers_settings(imagenet, tmp_path):
     from pipeline.stages.stage1 import build_model
 
     s1 = imagenet.stage1
     assert imagenet.data.name == "imagenet" and imagenet.data.root.startswith("s3://")
     assert imagenet.data.image_size == 128 and s1.codebook_size == 512 and s1.beta == 0.25
     assert imagenet.data.image_size // 2 ** s1.num_downsamples == 32
-    assert build_model(imagenet).latent_shape((128, 128)) == (32, 32)
+    here = imagenet.model_copy(update={"workdir": str(tmp_path)})  # no shards to read on the placeholder bucket
+    assert build_model(here).latent_shape((128, 128)) == (32, 32)
     assert imagenet.ray.use_gpu is True
     # The paper's batch of 128, as the global batch of the DDP workers.
     assert s1.batch_size * imagenet.ray.num_workers == 128
-    assert os.path.isabs(imagenet.workdir)  # a shared mount: codes and stage 2 need a POSIX path
+    assert imagenet.workdir.startswith("s3://")  # every stage reads and writes the object store
 
 
 def test_every_file_the_cluster_readme_names_exists():

@@ -108,7 +108,19 @@ def test_a_lock_on_the_store_refuses_a_second_writer_and_a_lapsed_lease_is_taken
     fs.write_json_atomic(f"{out}.lock", {"owner": "gone", "pid": 4242, "host": "elsewhere", "expires": time.time() - 1})
     with locks.exclusive(out, "shard t"):
         assert fs.read_json(f"{out}.lock")["owner"] != "gone"
-    assert "taking over s3://locks/w/shards/t.lock from pid 4242 on elsewhere" in capsys.readouterr().out
+    assert "taking over s3://locks/w/shards/t.lock from pid 4242 on elsewhere, whose lease ran out" \
+        in capsys.readouterr().out
+    # a holder on this machine that is gone (killed): taken over at once, lease or not
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    fs.write_json_atomic(f"{out}.lock", {"owner": "killed", "pid": dead.pid, "host": socket.gethostname(),
+                                         "expires": time.time() + 100})
+    with locks.exclusive(out, "shard t"):
+        pass
+    assert f"from pid {dead.pid} on {socket.gethostname()}, which is gone" in capsys.readouterr().out
     # two writers at once: one of them holds it, the other is refused
     results: list[str] = []
 
