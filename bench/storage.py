@@ -81,19 +81,53 @@ def make_shards(a) -> tuple[str, str, object]:
 
 
 def _cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of a process (its exited children waited for included), from /proc."""
+    """User + system CPU seconds of a process, from /proc (0 when it is not there)."""
     if pid is None:
         return 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def stage1_rate(urls: list[str], settings, workers: int, batches: int) -> dict:
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+class CpuClock:
+    """CPU seconds of the readers (this process and its DataLoader workers) and of the S3 server,
+    between `start` and `stop`."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+
+    def _read(self) -> tuple[dict[int, float], float]:
+        pids = [os.getpid(), *(c for c in _children(os.getpid()) if c != self.server_pid)]
+        return {pid: _cpu_s(pid) for pid in pids}, _cpu_s(self.server_pid)
+
+    def start(self) -> None:
+        self.began, self.wall = self._read(), time.perf_counter()
+
+    def stop(self, samples: int) -> dict:
+        (clients, server), seconds = self._read(), time.perf_counter() - self.wall
+        client = sum(t - self.began[0].get(pid, 0.0) for pid, t in clients.items())
+        return {"seconds": seconds, "samples": samples, "samples_per_s": samples / seconds,
+                "client_cpu_s": client, "server_cpu_s": server - self.began[1],
+                "client_ms_per_sample": 1e3 * client / max(samples, 1),
+                "server_ms_per_sample": 1e3 * (server - self.began[1]) / max(samples, 1)}
+
+
+def stage1_rate(urls: list[str], settings, workers: int, batches: int, clock: CpuClock) -> dict:
     """Stage 1's train stream over `urls` read by `workers` loader processes: samples/s over
-    `batches` batches once every reading process's shuffle buffer is full."""
+    `batches` batches once every reading process's shuffle buffer is full, and the CPU the readers
+    and the server spent on them."""
     s1 = settings.stage1
     stream = TrainStream(urls, s1.batch_size, s1.seed, 0, settings.modality, "bench", crop=s1, crop_seed=s1.seed * 7919)
     skips = SkipCounter()
@@ -101,40 +135,43 @@ def stage1_rate(urls: list[str], settings, workers: int, batches: int) -> dict:
     processes = max(1, workers)
     for _ in range(-(-FILL * processes // s1.batch_size) + 4 * workers):
         next(it)
-    n, start = 0, time.perf_counter()
+    n = 0
+    clock.start()
     for _ in range(batches):
         n += next(it).x.shape[0]
-    seconds = time.perf_counter() - start
+    result = clock.stop(n)
     del it  # shuts the workers down
-    return {"samples": n, "seconds": seconds, "samples_per_s": n / seconds, "skipped": skips.count}
+    return {**result, "skipped": skips.count}
 
 
-def codes_rates(urls: list[tuple[str, str]], cond: list[str]) -> dict:
-    """Samples/s (and bytes) of the codes job's reads over every tar, in this process."""
+def codes_rates(urls: list[tuple[str, str, int]], cond: list[str], clock: CpuClock) -> dict:
+    """Seconds, samples and CPU (this process's, the server's) of the codes job's reads over
+    every tar, in this process: the bare stream, `read_shard`, `decode_shard`."""
     from pipeline.stages.codes import decode_shard, read_shard
 
-    out = {}
-    start, nbytes = time.perf_counter(), 0
-    for url, _ in urls:
+    def stream(url: str, split: str, samples: int) -> tuple[int, int]:
+        nbytes = 0
         with fsx.open_read(url) as f:
             while chunk := f.read(TAR_READ):
                 nbytes += len(chunk)
-    out["stream"] = {"seconds": time.perf_counter() - start, "bytes": nbytes}
-    start, n = time.perf_counter(), 0
-    for url, split in urls:
-        n += len(read_shard({"path": url, "split": split}))
-    out["read_shard"] = {"seconds": time.perf_counter() - start, "samples": n}
-    start, n = time.perf_counter(), 0
-    for url, split in urls:
-        n += len(decode_shard({"path": url, "split": split}, "image", cond))
-    out["decode_shard"] = {"seconds": time.perf_counter() - start, "samples": n}
+        return samples, nbytes
+
+    out = {}
+    for what, fn in (("stream", stream), ("read_shard", lambda url, split, _: (len(read_shard({"path": url, "split": split})), 0)),
+                     ("decode_shard", lambda url, split, _: (len(decode_shard({"path": url, "split": split}, "image", cond)), 0))):
+        n, nbytes = 0, 0
+        clock.start()
+        for url, split, count in urls:
+            samples, b = fn(url, split, count)
+            n, nbytes = n + samples, nbytes + b
+        out[what] = {**clock.stop(n), "bytes": nbytes}
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="stage 1's loader workers (0: in process)")
-    p.add_argument("--batches", type=int, default=40, help="timed batches per stage-1 measurement")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per stage-1 measurement")
     p.add_argument("--batch", type=int, default=64, help="stage1.batch_size (configs/demo.yaml's)")
     p.add_argument("--repeats", type=int, default=3, help="measurements per row (the median is shown)")
     p.add_argument("--image-size", type=int, default=128, help="data.image_size of the shards")
@@ -182,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"S3: {'SeaweedFS on 127.0.0.1' if server else a.endpoint}; READ_BUFFER {fsx.READ_BUFFER >> 20} MiB")
         print(f"shards: {tar_samples} samples of {a.image_size}x{a.image_size} PNG in "
               f"{sum(map(len, tars.values()))} tars, {tar_bytes / 1e6:.0f} MB ({per_sample / 1e3:.1f} KB a sample); "
-              f"uploaded in {upload_s:.1f} s ({tar_bytes / 1e6 / upload_s:.0f} MB/s)", flush=True)
+              f"uploaded in {upload_s:.1f} s ({tar_bytes / 1e6 / upload_s:.1f} MB/s)", flush=True)
 
         result = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": threads,
                               "server": "SeaweedFS 127.0.0.1" if server else a.endpoint,
@@ -191,23 +228,21 @@ def main(argv: list[str] | None = None) -> dict:
                              "bytes": tar_bytes, "image_size": a.image_size, "batch": a.batch},
                   "upload_s": upload_s, "stage1": [], "codes": []}
 
+        clock = CpuClock(server_pid)
         if "stage1" not in a.skip:
             runs: dict = {}
             for rep in range(a.repeats):
                 for workers in a.workers:
                     for storage in ("local", "s3"):
-                        before = _cpu_s(server_pid)
-                        r = stage1_rate(train[storage], settings, workers, a.batches)
-                        r["server_cpu"] = (_cpu_s(server_pid) - before) / r["seconds"] if storage == "s3" else 0.0
+                        r = stage1_rate(train[storage], settings, workers, a.batches, clock)
                         runs.setdefault((storage, workers), []).append(r)
-                        print(f"  stage 1, {storage}, {workers} workers, run {rep + 1}: {r['samples_per_s']:.0f} samples/s",
-                              flush=True)
+                        print(f"  stage 1, {storage}, {workers} loader workers, run {rep + 1}: "
+                              f"{r['samples_per_s']:.0f} samples/s, {r['client_ms_per_sample']:.2f} + "
+                              f"{r['server_ms_per_sample']:.2f} CPU ms a sample", flush=True)
             for (storage, workers), rs in runs.items():
-                rate = statistics.median(r["samples_per_s"] for r in rs)
-                result["stage1"].append({"storage": storage, "workers": workers, "samples_per_s": rate,
-                                         "per_worker": rate / max(1, workers), "mb_per_s": rate * per_sample / 1e6,
-                                         "server_cpu": statistics.median(r["server_cpu"] for r in rs),
-                                         "runs": [r["samples_per_s"] for r in rs],
+                row = summarise(rs, per_sample)
+                result["stage1"].append({"storage": storage, "workers": workers, **row,
+                                         "per_worker": row["samples_per_s"] / max(1, workers),
                                          "skipped": sum(r["skipped"] for r in rs)})
 
         if "codes" not in a.skip:
@@ -215,23 +250,18 @@ def main(argv: list[str] | None = None) -> dict:
             runs = {}
             for rep in range(a.repeats):
                 for storage in ("local", "s3"):
-                    urls = [(f"{where[storage]}/{sh['path']}", s) for s, shs in tars.items() for sh in shs]
-                    before = _cpu_s(server_pid)
-                    start = time.perf_counter()
-                    r = codes_rates(urls, cond)
-                    r["server_cpu"] = (_cpu_s(server_pid) - before) / (time.perf_counter() - start)
+                    urls = [(f"{where[storage]}/{sh['path']}", s, sh["samples"]) for s, shs in tars.items() for sh in shs]
+                    r = codes_rates(urls, cond, clock)
                     runs.setdefault(storage, []).append(r)
-                    print(f"  codes, {storage}, run {rep + 1}: read_shard "
-                          f"{r['read_shard']['samples'] / r['read_shard']['seconds']:.0f}, decode_shard "
-                          f"{r['decode_shard']['samples'] / r['decode_shard']['seconds']:.0f} samples/s", flush=True)
+                    assert r["stream"]["bytes"] == tar_bytes, "a tar read back short"
+                    assert all(r[w]["samples"] == tar_samples for w in ("stream", "read_shard", "decode_shard")), "samples lost"
+                    print(f"  codes, {storage}, run {rep + 1}: " + ", ".join(
+                        f"{w} {r[w]['samples_per_s']:.0f}" for w in ("stream", "read_shard", "decode_shard"))
+                        + " samples/s", flush=True)
             for storage, rs in runs.items():
-                assert all(r["stream"]["bytes"] == tar_bytes for r in rs), "a tar read back short"
                 for what in ("stream", "read_shard", "decode_shard"):
-                    seconds = statistics.median(r[what]["seconds"] for r in rs)
-                    samples = rs[0][what].get("samples", tar_samples)
-                    result["codes"].append({"storage": storage, "what": what, "samples": samples,
-                                            "samples_per_s": samples / seconds, "mb_per_s": tar_bytes / seconds / 1e6,
-                                            "seconds": seconds})
+                    result["codes"].append({"storage": storage, "what": what,
+                                            **summarise([r[what] for r in rs], per_sample)})
     finally:
         if server is not None:
             server.__exit__(None, None, None)
@@ -243,27 +273,49 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def summarise(runs: list[dict], per_sample: float) -> dict:
+    """The median (and best) of a row's runs; CPU per sample as the median too."""
+    rate = statistics.median(r["samples_per_s"] for r in runs)
+    return {"samples_per_s": rate, "best_samples_per_s": max(r["samples_per_s"] for r in runs),
+            "mb_per_s": rate * per_sample / 1e6,
+            "client_ms_per_sample": statistics.median(r["client_ms_per_sample"] for r in runs),
+            "server_ms_per_sample": statistics.median(r["server_ms_per_sample"] for r in runs),
+            "runs": [r["samples_per_s"] for r in runs]}
+
+
 def print_tables(result: dict) -> None:
+    cpu = "CPU ms/sample: readers + server"
     if result["stage1"]:
         rows = {(r["storage"], r["workers"]): r for r in result["stage1"]}
-        print(f"\nstage 1's train stream (batch {result['shards']['batch']}, median of runs)")
-        print(f"{'storage':8s} {'loader workers':>14s} {'samples/s':>10s} {'per worker':>11s} {'MB/s':>7s} "
-              f"{'server CPU':>10s} {'s3/local':>9s}")
-        for (storage, workers), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            ratio = f"{r['samples_per_s'] / rows[('local', workers)]['samples_per_s']:8.2f}x" if storage == "s3" else ""
-            print(f"{storage:8s} {workers:14d} {r['samples_per_s']:10.0f} {r['per_worker']:11.0f} {r['mb_per_s']:7.1f} "
-                  f"{r['server_cpu'] * 100:9.0f}% {ratio:>9s}")
+        print(f"\nstage 1's train stream (batch {result['shards']['batch']}; median of {len(result['stage1'][0]['runs'])} "
+              f"runs, best in brackets)")
+        print(f"{'storage':8s} {'loader workers':>14s} {'samples/s':>16s} {'per worker':>10s} {'MB/s':>6s} "
+              f"{cpu:>31s} {'s3/local':>8s} {'CPU s3/local':>12s}")
+        for (storage, workers), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0] != "local")):
+            print(f"{storage:8s} {workers:14d} {r['samples_per_s']:8.0f} ({r['best_samples_per_s']:5.0f}) "
+                  f"{r['per_worker']:10.0f} {r['mb_per_s']:6.1f} "
+                  f"{r['client_ms_per_sample']:23.2f} + {r['server_ms_per_sample']:5.2f} {ratios(r, rows[('local', workers)])}")
     if result["codes"]:
         rows = {(r["storage"], r["what"]): r for r in result["codes"]}
-        print(f"\nthe codes job's reads, one process, every tar ({result['shards']['samples']} samples)")
-        print(f"{'storage':8s} {'what':32s} {'samples/s':>10s} {'MB/s':>7s} {'s3/local':>9s}")
+        print(f"\nthe codes job's reads, one process, every tar ({result['shards']['samples']} samples; median, best)")
+        print(f"{'storage':8s} {'what':32s} {'samples/s':>18s} {'MB/s':>7s} {cpu:>31s} {'s3/local':>8s} {'CPU s3/local':>12s}")
         label = {"stream": "open_read, 10 KiB reads", "read_shard": "read_shard (read + tar)",
                  "decode_shard": "decode_shard (read + tar + PNG)"}
         for what in ("stream", "read_shard", "decode_shard"):
             for storage in ("local", "s3"):
                 r = rows[(storage, what)]
-                ratio = f"{rows[('local', what)]['seconds'] / r['seconds']:8.2f}x" if storage == "s3" else ""
-                print(f"{storage:8s} {label[what]:32s} {r['samples_per_s']:10.0f} {r['mb_per_s']:7.1f} {ratio:>9s}")
+                print(f"{storage:8s} {label[what]:32s} {r['samples_per_s']:9.0f} ({r['best_samples_per_s']:6.0f}) "
+                      f"{r['mb_per_s']:7.1f} {r['client_ms_per_sample']:23.3f} + {r['server_ms_per_sample']:5.3f} "
+                      f"{ratios(r, rows[('local', what)])}")
+
+
+def ratios(r: dict, local: dict) -> str:
+    """S3 over local: samples/s (median) and CPU per sample, readers and server together."""
+    if r is local:
+        return ""
+    base = local["client_ms_per_sample"] + local["server_ms_per_sample"]
+    cpu = f"{(r['client_ms_per_sample'] + r['server_ms_per_sample']) / base:11.2f}x" if base else f"{'-':>12s}"
+    return f"{r['samples_per_s'] / local['samples_per_s']:7.2f}x {cpu}"
 
 
 if __name__ == "__main__":

@@ -190,6 +190,8 @@ def test_two_nodes_that_share_no_disk_run_the_pipeline_on_s3_with_the_figures_of
         worker = ray_node([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                            *node_ports(41500)], tmp_path / "worker.log", node_env, private=hidden)
         stack.callback(lambda: (os.killpg(worker.pid, signal.SIGTERM), worker.wait(60)))
+        for folder in (tmp_path, short_tmp):
+            (Path(folder) / "on-the-head.txt").write_text("only the head sees this")
         deadline = time.monotonic() + 120
         while True:
             alive = [n for n in __import__("requests").get(f"{address}/nodes?view=summary").json()["data"]["summary"]
@@ -199,6 +201,11 @@ def test_two_nodes_that_share_no_disk_run_the_pipeline_on_s3_with_the_figures_of
             assert worker.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
             time.sleep(1)
 
+        # the second node sees neither the test's folder nor the head's Ray folder, only its own
+        for folder in (tmp_path, short_tmp):
+            seen = subprocess.run(["nsenter", "-t", str(worker.pid), "-m", "ls", "-A", str(folder)],
+                                  capture_output=True, text=True)
+            assert seen.returncode == 0 and "on-the-head.txt" not in seen.stdout, seen
         client = JobSubmissionClient(address)
         job = submit(client, entrypoint=f"python jobs/pipeline.py --config {tmp_path / 'two.yaml'}",
                      runtime_env={"working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": uri}})
@@ -212,6 +219,7 @@ def test_two_nodes_that_share_no_disk_run_the_pipeline_on_s3_with_the_figures_of
             vq = mlflow.get_run(mlflow.get_model_version(f"vqvae-{name}", "1").run_id).data.metrics
             prior = mlflow.get_run(mlflow.get_model_version(f"prior-{name}", "1").run_id).data.metrics
             figures[name] = (vq["val_mse"], vq["perplexity"], prior["val_nll_bits_per_code"])
+        print(f"one node vs two: (val_mse, perplexity, val bits/code) {figures}")
         assert figures["one"] == pytest.approx(figures["two"], rel=1e-4), figures
         codes = {name: [p for p in objects(s3, f"nodes/{name}/codes") if p.endswith("manifest.json")] for name in figures}
         rows = {name: json.loads(s3.filesystem().open_input_stream(codes[name][0]).read())["rows"] for name in figures}

@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 
+from pipeline import fs as fsx
 from pipeline.config import Settings
 from pipeline.errors import UserError
 
@@ -88,17 +89,19 @@ def convert(settings: Settings, source: str, target: str, out: str | None = None
         loaded.update(tracking.resolve(settings.codes.model or settings.vqvae_champion))
         return tracking.load_vqvae(f"models:/{loaded['name']}/{loaded['version']}", device)
 
-    folder = out or os.path.join(settings.workdir, "conversions")
-    made = modality.convert(load_model, settings.shards_dir, source, target, folder, settings.data, settings.sample,
-                            device, seconds)
-    tags = {"stage": "convert", "vqvae_name": loaded["name"], "vqvae_version": loaded["version"]}
-    with tracking.start_run(experiment_id, f"convert-{made.name}", tags=tags):
-        mlflow.log_params({"source": source, modality.conversion_cond: made.target,
-                           "seconds": "all" if seconds is None else seconds,
-                           "model": f"models:/{loaded['name']}/{loaded['version']}"})
-        mlflow.log_metric("seconds", made.seconds)
-        for path in made.files:
-            mlflow.log_artifact(path, "conversion")
+    folder = out or fsx.join(settings.workdir, "conversions")
+    with fsx.staged(folder) as local:  # on an object store: written here, uploaded at the end
+        made = modality.convert(load_model, settings.shards_dir, source, target, local, settings.data,
+                                settings.sample, device, seconds)
+        tags = {"stage": "convert", "vqvae_name": loaded["name"], "vqvae_version": loaded["version"]}
+        with tracking.start_run(experiment_id, f"convert-{made.name}", tags=tags):
+            mlflow.log_params({"source": source, modality.conversion_cond: made.target,
+                               "seconds": "all" if seconds is None else seconds,
+                               "model": f"models:/{loaded['name']}/{loaded['version']}"})
+            mlflow.log_metric("seconds", made.seconds)
+            for path in made.files:
+                mlflow.log_artifact(path, "conversion")
+    made.files = [fsx.join(folder, os.path.relpath(p, local)) if local != folder else p for p in made.files]
     print(f"convert: {made.summary}", flush=True)
     return made.files[0]
 
