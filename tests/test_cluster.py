@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
-import os
 import re
 import shlex
 from pathlib import Path
