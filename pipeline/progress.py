@@ -226,11 +226,15 @@ PROGRESS_FILE = "progress.json"
 
 class StepFile:
     """Rank 0's side: the step, the loss and the last validation metrics, written at most every
-    `every` seconds (atomically: the driver never reads half a file). Best effort: a run folder
-    that this worker cannot write (another node without shared storage) just shows no progress."""
+    `every` seconds (default 1 s, 5 s on an object store: a request each), atomically: the driver
+    never reads half a file. Best effort: a run folder that this worker cannot write (a local
+    workdir on another node without shared storage) just shows no progress."""
 
-    def __init__(self, path: str | None, every: float = 1.0):
-        self.path, self.every, self._last = path, every, 0.0
+    def __init__(self, path: str | None, every: float | None = None):
+        from pipeline import fs
+
+        self.path, self._last = path, 0.0
+        self.every = every if every is not None else 5.0 if path and fs.is_remote(path) else 1.0
         self.state: dict = {}
 
     def due(self) -> bool:
@@ -244,16 +248,20 @@ class StepFile:
         if not force and not self.due():
             return
         self._last = time.monotonic()
+        from pipeline import fs
+
         try:
-            write_atomic(self.path, json.dumps(self.state).encode())
+            fsys, where = fs.filesystem(self.path)
+            write_atomic(where, json.dumps(self.state).encode(), fsys)
         except OSError:
             self.path = None
 
 
 def read_steps(path: str) -> dict | None:
+    from pipeline import fs
+
     try:
-        with open(path) as f:
-            return json.load(f)
+        return fs.read_json(path)
     except (OSError, ValueError):
         return None
 
@@ -265,14 +273,21 @@ def watch(path: str, label: str, total: int, unit: str = "steps", metrics: tuple
     if not _enabled:
         yield
         return
-    try:
-        os.remove(path)  # an earlier attempt's file: the resumed run writes its own
+    from pipeline import fs
+
+    try:  # an earlier attempt's file: the resumed run writes its own
+        fsys, where = fs.filesystem(path)
+        fsys.delete_file(where)
     except OSError:
         pass
     bar: Progress | None = None
+    remote, last = fs.is_remote(path), [0.0]
 
     def show() -> None:
         nonlocal bar
+        if remote and time.monotonic() - last[0] < 2.0:  # on an object store: a request every 2 s
+            return
+        last[0] = time.monotonic()
         state = read_steps(path)
         if not state:
             return

@@ -101,10 +101,9 @@ def fit(settings: Settings, name: str, run_id: str, loop: Callable, loop_config:
     need = {"CPU": (workers * settings.ray.cpus_per_worker, "ray.num_workers or ray.cpus_per_worker")}
     if gpu:
         need["GPU"] = (workers, "ray.num_workers (or set ray.use_gpu: false)")
-    # rank 0 writes its progress where the driver reads it: a local workdir (on a cluster, the
-    # shared disk); none on an object store, where the stage's MLflow run shows it
-    progress_path = None if fsx.is_remote(settings.runs_dir) else os.path.join(settings.runs_dir, name,
-                                                                                 progress.PROGRESS_FILE)
+    # rank 0 writes its progress where the driver reads it: the run's folder, on the workdir's
+    # storage (local, a shared disk, or the object store)
+    progress_path = fsx.join(settings.runs_dir, name, progress.PROGRESS_FILE)
     trainer = TorchTrainer(
         loop,
         train_loop_config={"settings": settings.model_dump(), "run_id": run_id,
