@@ -47,10 +47,11 @@ def check_workdir(settings: Settings) -> None:
 
     workdir = settings.workdir
     if fs.is_remote(workdir):
-        if settings.tracking_uri.startswith("sqlite:"):
+        if settings.tracking_uri == f"sqlite:///{workdir}/mlflow.db":  # the default: a file in the workdir
             raise UserError(f"workdir {workdir} is on an object store, which cannot hold MLflow's SQLite file: set "
                             f"MLFLOW_TRACKING_URI (or mlflow.tracking_uri) to an MLflow server every node reaches, e.g. "
-                            f"`mlflow server --artifacts-destination {fs.join(workdir, 'mlartifacts')}`")
+                            f"`mlflow server --artifacts-destination {fs.join(workdir, 'mlartifacts')}` (on one machine "
+                            f"a local file does too: sqlite:////abs/path/mlflow.db)")
         fs.check_store(workdir)
         return
     try:
