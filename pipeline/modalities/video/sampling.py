@@ -21,6 +21,8 @@ Files, at `<workdir>/samples/samples-<prior version>`:
 """
 from __future__ import annotations
 
+import os
+
 import time
 
 import numpy as np
@@ -145,5 +147,5 @@ def continue_windows(modality, prior, vqvae, meta: dict, data, s, shards_dir: st
         paths.append(write_gif(animate([counter]), f"{stem}-counterfactual.gif", data.display_fps))
         vocabulary = cond_specs(meta.get("cond"))[ACTIONS].names or tuple(map(str, range(max(a, b) + 1)))
         print(f"sample {data.name}: counterfactual rows: real, true actions, always {vocabulary[a]!r}, "
-              f"always {vocabulary[b]!r} -> {stem}-counterfactual.png", flush=True)
+              f"always {vocabulary[b]!r} -> {os.path.basename(stem)}-counterfactual.png beside the samples", flush=True)
     return paths, metrics
