@@ -101,7 +101,9 @@ def convert(settings: Settings, source: str, target: str, out: str | None = None
             mlflow.log_metric("seconds", made.seconds)
             for path in made.files:
                 mlflow.log_artifact(path, "conversion")
-    made.files = [fsx.join(folder, os.path.relpath(p, local)) if local != folder else p for p in made.files]
+    if local != folder:  # where the files are now, not the staging folder they were written in
+        made.files = [fsx.join(folder, os.path.relpath(p, local)) for p in made.files]
+        made.summary = made.summary.replace(local, folder)
     print(f"convert: {made.summary}", flush=True)
     return made.files[0]
 
