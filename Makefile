@@ -7,17 +7,17 @@ PY := $(VENV)/bin/python
 .PHONY: demo demo-speech demo-video test test-all install clean bench ui browser
 
 $(VENV)/.installed: pyproject.toml
-	@# The speech demo synthesizes its voices with espeak-ng, a system package: installed here
-	@# when missing and this is root (CI); otherwise said in one line.
-	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		(apt-get install -y -qq espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null)); } || \
-		echo "note: the speech demo needs espeak-ng: sudo apt-get install espeak-ng"
+	@# The speech demo synthesizes its voices with espeak-ng, and the recognizer's tests speak with
+	@# flite: system packages, installed here when missing and this is root (CI); otherwise said in one line.
+	@{ command -v espeak-ng >/dev/null && command -v flite >/dev/null; } || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get install -y -qq espeak-ng flite >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng flite >/dev/null)); } || \
+		echo "note: the speech demo and tests need espeak-ng and flite: sudo apt-get install espeak-ng flite"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels on CPU machines.
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	# the base install serves images; the speech and video extras their demos and tests, s3 an
 	# MLflow server's artifacts on S3, dev the tests (with an S3 server of their own)
-	$(PY) -m pip install -e ".[speech,video,s3,dev]"
+	$(PY) -m pip install -e ".[speech,speech-eval,video,s3,dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -63,6 +63,10 @@ def test_speech_runs_through_the_pipeline_then_converts_voices(tmp_path, ray_loc
     assert 0.0 <= run.data.metrics["reconstruction_speaker_fraction"] <= 1.0  # its ceiling, beside it
     assert run.data.metrics["conversions"] == 4 * 2
     assert run.data.metrics["conversion_mcd_to_source"] > 0 and run.data.metrics["reference_mcd_source_to_target"] > 0
+    # the recognizer's word errors against the transcripts, on sources, reconstructions, conversions
+    assert all(run.data.metrics[k] >= 0 for k in ("source_word_error", "reconstruction_word_error",
+                                                 "conversion_word_error"))
+    assert "conversion_word_error" in (work / "report-talk.html").read_text()
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(vqvae["run_id"], "reconstructions")}
     assert any(p.endswith(".png") for p in artifacts) and any(p.endswith(".wav") for p in artifacts)
 

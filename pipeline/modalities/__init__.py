@@ -158,6 +158,8 @@ class Modality:
     # The scores `evaluate` returns (none here), logged on the model's run after stage 1, and the
     # artifact folder of that run its files go to.
     evaluation_metrics: ClassVar[tuple[str, ...]] = ()
+    # scores the evaluation adds when it can (an optional library), shown beside the others
+    evaluation_extra: ClassVar[tuple[str, ...]] = ()
     evaluation_folder: ClassVar[str] = "evaluation"
     # The conditioning a conversion replaces (speech: "speaker"); None: the modality converts nothing.
     conversion_cond: ClassVar[str | None] = None

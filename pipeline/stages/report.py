@@ -120,6 +120,8 @@ def metric_rows(settings: Settings, results: dict) -> list[tuple[str, str, objec
     for key, value in sorted((stage1.get("metrics") or {}).items()):
         if key != "step":
             rows.append(("stage 1 (VQ-VAE)", key, value, None, references.get(key, "")))
+    for key, value in sorted((results.get("evaluation_metrics") or {}).items()):
+        rows.append(("stage 1 (evaluation)", key, value, None, references.get(key, "")))
     stage2 = results.get("stage2") or {}
     metrics = stage2.get("metrics") or {}
     codes = results.get("codes") or {}
@@ -220,6 +222,13 @@ def write_report(settings: Settings, results: dict, run_id: str | None = None) -
         lineage.append(f"prior <code>models:/{stage2['name']}/{stage2['version']}</code>")
     parts.append("<p class=lineage>" + " &rarr; ".join(lineage) + "</p>")
 
+    if stage1 and "evaluation_metrics" not in results:  # the modality's scores logged after training
+        try:
+            logged = client.get_run(stage1["run_id"]).data.metrics
+        except Exception:  # noqa: BLE001 - a run the store no longer has: no scores to show
+            logged = {}
+        wanted = (*settings.modality.evaluation_metrics, *settings.modality.evaluation_extra)
+        results = {**results, "evaluation_metrics": {k: logged[k] for k in wanted if k in logged}}
     if stage2 and "sample_metrics" not in results:
         results = {**results, "sample_metrics": sample_metrics(client, settings, stage2)}
     rows = metric_rows(settings, results)

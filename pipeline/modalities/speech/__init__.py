@@ -62,6 +62,8 @@ class SpeechModality(Modality):
     # voice conversion's scores (convert.py, imported only when they are made: it needs torch)
     evaluation_metrics = ("conversion_speaker_fraction", "reconstruction_speaker_fraction", "conversion_mcd_to_source",
                           "reference_mcd_source_to_target", "conversions", "conversion_samples_per_s")
+    # the recognizer's word errors (words.py), when the speech-eval extra is installed
+    evaluation_extra = ("source_word_error", "reconstruction_word_error", "conversion_word_error")
     evaluation_folder = "conversions"
     conversion_cond = SPEAKER
 

@@ -16,6 +16,10 @@ other speakers each and scores:
   the same way (closer to the source speaker's centroid than to each target's): the ceiling the
   decoder's rendition puts on the conversion fraction. When it is low too, the decoder, not
   speaker information left in the codes, is what limits conversion (train it longer).
+- source_word_error, reconstruction_word_error, conversion_word_error: an offline recognizer's
+  word error rate (words.py: PocketSphinx, the `speech-eval` extra) against the transcripts, on
+  the sources cut as the conversions are, their reconstructions and their conversions, all at the
+  model's rate: the words kept is how near the last two come to the first;
 - conversion_mcd_to_source (dB): mel-cepstral distortion, DTW-aligned, between each conversion
   and its source: the content kept;
   reference_mcd_source_to_target: the same between the source and real utterances of the target
@@ -130,9 +134,51 @@ def evaluate(modality, model, shards_dir: str, data: SpeechData, s: SpeechSample
     metrics = {FRACTION: float(np.mean(closer)), "reconstruction_speaker_fraction": float(np.mean(kept)),
                "conversion_mcd_to_source": float(np.mean(mcd_conv)),
                "reference_mcd_source_to_target": float(np.mean(mcd_ref)), "conversions": float(len(jobs)),
-               "conversion_samples_per_s": sum(len(y) for y in converted) / max(seconds, 1e-9)}
+               "conversion_samples_per_s": sum(len(y) for y in converted) / max(seconds, 1e-9),
+               **word_errors(shards_dir, jobs, converted, sources, rebuilt, rate)}
     files = _write_examples(list(zip(jobs, converted))[:6], references, names, rate, out_dir)
     return metrics, files
+
+
+WORD_ERRORS = ("source_word_error", "reconstruction_word_error", "conversion_word_error")
+
+
+def val_transcripts(shards_dir: str) -> dict[str, str]:
+    """{key: transcript} of the val shards' utterances that have one."""
+    import webdataset as wds
+
+    _, urls = shard_urls(shards_dir, "val")
+    found = {}
+    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue)):
+        text = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
+        if text:
+            found[sample["__key__"]] = text
+    return found
+
+
+def word_errors(shards_dir: str, jobs: list, converted: list, sources: dict, rebuilt: dict, rate: int) -> dict:
+    """An offline recognizer's word error rate (pipeline/modalities/speech/words.py) on the sources,
+    their reconstructions and their conversions, each heard as long as the conversions are and at
+    the model's rate, against the shards' transcripts; {} when the utterances have none, or the
+    recognizer is not installed (said in one line)."""
+    from pipeline.modalities.speech import words
+
+    texts = val_transcripts(shards_dir)
+    scored = [key for key in sources if key in texts]
+    if not scored:
+        return {}
+    if not words.available():
+        print(f"word error not measured: the recognizer is not installed (pip install -e '.[{words.EXTRA}]')",
+              flush=True)
+        return {}
+    recognizer = words.Recognizer()
+    refs = [texts[key] for key in scored]
+    heard_sources = [recognizer.transcribe(sources[key][2][:len(rebuilt[key])], rate) for key in scored]
+    heard_rebuilt = [recognizer.transcribe(rebuilt[key], rate) for key in scored]
+    conv = [(texts[job[1]], recognizer.transcribe(y, rate)) for job, y in zip(jobs, converted) if job[1] in texts]
+    return {"source_word_error": words.word_error(refs, heard_sources),
+            "reconstruction_word_error": words.word_error(refs, heard_rebuilt),
+            "conversion_word_error": words.word_error([r for r, _ in conv], [h for _, h in conv])}
 
 
 def _write_examples(examples: list, references: dict, names: list[str], rate: int, out_dir: str) -> list[str]:
