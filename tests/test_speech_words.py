@@ -52,3 +52,32 @@ def test_the_recognizer_hears_a_sentence_and_not_its_reversal(spoken):
     # the same sounds with the words gone: reversed in time
     assert words.word_error([SENTENCE], [recognizer.transcribe(x[::-1].copy(), rate)]) >= 0.8
     assert recognizer.transcribe(np.zeros(16000), 16000) == ""
+
+
+def test_world_features_resynthesize_the_words_and_carry_another_pitch(spoken):
+    """pipeline/modalities/speech/world.py: analysis then synthesis keeps what the recognizer
+    hears; moving log F0 to another speaker's statistics moves the synthesized pitch, not the words."""
+    import pyworld
+    import soxr
+
+    from pipeline.modalities.speech import world
+
+    x, rate = spoken
+    x = soxr.resample(x, rate, 16000)
+    feats = world.analyze(x, 16000)
+    assert feats.shape == (world.frames_of(len(x), 16000), world.FEATURES) and feats.dtype == np.float32
+    voiced = feats[:, world.VUV] > 0.5
+    assert 0.3 < voiced.mean() < 0.95  # a spoken sentence: mostly voiced, with pauses and consonants
+    recognizer = words.Recognizer()
+    source = words.word_error([SENTENCE], [recognizer.transcribe(x, 16000)])
+    again = world.synthesize(feats.astype(np.float16).astype(np.float32), 16000)  # as a shard stores them
+    assert abs(len(again) - len(x)) <= 16000 * world.FRAME_MS / 1000
+    assert words.word_error([SENTENCE], [recognizer.transcribe(again, 16000)]) <= source + 0.2
+
+    stats = world.pitch_stats([feats])
+    higher = world.synthesize(world.shift_pitch(feats, stats, (stats[0] + np.log(1.5), stats[1])), 16000)
+    f0_before, _ = pyworld.dio(again.astype(np.float64), 16000)
+    f0_after, _ = pyworld.dio(higher.astype(np.float64), 16000)
+    ratio = np.median(f0_after[f0_after > 0]) / np.median(f0_before[f0_before > 0])
+    assert 1.35 < ratio < 1.65, ratio
+    assert words.word_error([SENTENCE], [recognizer.transcribe(higher, 16000)]) <= source + 0.34
