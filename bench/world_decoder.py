@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.modalities.speech import demo, world, words  # noqa: E402
+from pipeline.models import world  # noqa: E402
+from pipeline.modalities.speech import demo, words  # noqa: E402
 
 FLITE = ["rms", "slt", "awb", "kal16"]
 RATE = 16000

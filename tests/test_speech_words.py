@@ -55,12 +55,12 @@ def test_the_recognizer_hears_a_sentence_and_not_its_reversal(spoken):
 
 
 def test_world_features_resynthesize_the_words_and_carry_another_pitch(spoken):
-    """pipeline/modalities/speech/world.py: analysis then synthesis keeps what the recognizer
+    """pipeline/models/world.py: analysis then synthesis keeps what the recognizer
     hears; moving log F0 to another speaker's statistics moves the synthesized pitch, not the words."""
     import pyworld
     import soxr
 
-    from pipeline.modalities.speech import world
+    from pipeline.models import world
 
     x, rate = spoken
     x = soxr.resample(x, rate, 16000)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.modalities.speech import world
+from pipeline.models import world
 
 
 @pytest.fixture(scope="module")

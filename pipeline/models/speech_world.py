@@ -10,7 +10,7 @@ toward issue #36: speech that keeps its words; not yet a stage-1 choice).
 Encoder: log-mel frames of the waveform (10 ms hop, the ZeroSpeech VQ-VAE baselines' input), a
 conv stack that halves the frame rate, a 1x1 to the code dimension. Decoder: codes repeated to
 the frame rate, a learnt speaker embedding added, a conv stack and a bidirectional GRU, then a
-linear layer to the WORLD frame (pipeline/modalities/speech/world.py): the envelope's coded
+linear layer to the WORLD frame (pipeline/models/world.py): the envelope's coded
 coefficients, band aperiodicities, log F0 in the speaker's own normalised units, and a voicing
 logit. One deterministic pass, no sampling: pyworld then synthesizes a waveform with harmonics.
 The speaker's log-F0 statistics (`pitch_mean`, `pitch_std`, buffers filled from the training
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipeline.models.quantizer import VectorQuantizer, VQOutput
-from pipeline.modalities.speech import world
+from pipeline.models import world
 
 SPEAKER = "speaker"
 

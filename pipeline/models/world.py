@@ -33,14 +33,14 @@ AP_FLOOR_DB = -60.0
 
 
 def _pyworld():
-    from pipeline.modalities import require
-
-    require("speech", "pyworld")
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its import of pkg_resources (deprecated)
-        import pyworld
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its import of pkg_resources (deprecated)
+            import pyworld
+    except ImportError:
+        raise ImportError("the WORLD vocoder needs pyworld, of the speech extra: pip install -e '.[speech]'") from None
     return pyworld
 
 
