@@ -16,9 +16,11 @@ the model once, only batch (`collate`) and encode: one per GPU the cluster has (
 two CPUs), or `codes.actors` when set (`encoder_actors`). (Decoding in the actor capped a GPU actor at
 one core's PNG decoding, ~1,800 128x128 images/s, a tenth of what its GPU encodes.) Every split
 goes through one Ray Data pass (one actor pool, the model loaded once per actor), its rows
-partitioned into a folder per split by `write_parquet`, in a temporary folder that is renamed into
-place; the manifest is written last, so a folder without one is unfinished. A sample that does not decode, or the rest of a damaged tar, is skipped and
-counted (the shard manifest's samples minus the rows written): the manifest's `skipped`, the
+partitioned into a folder per split by `write_parquet`, locally in a temporary folder that is
+renamed into place, on an object store (no rename) in place after emptying it; the manifest is
+written last, so a folder without one is unfinished. The tars are streamed through the workdir's
+filesystem (`pipeline.fs.open_read`). A sample that does not decode, or the rest of a damaged tar,
+is skipped and counted (the shard manifest's samples minus the rows written): the manifest's `skipped`, the
 run's `skipped_<split>`.
 """
 from __future__ import annotations
@@ -209,6 +211,7 @@ def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names, acto
     import ray
 
     tars = [{"path": u, "split": split} for split, paths in urls.items() for u in paths]
+    fs, path = fsx.filesystem(out)
     (
         ray.data.from_items(tars, override_num_blocks=len(tars))
         .flat_map(decode_shard, fn_kwargs={"modality": settings.data.modality, "cond": cond_names})
@@ -220,7 +223,7 @@ def _encode(urls, out, uri, tracking_uri, dtype, settings, gpu, cond_names, acto
         # out/train/*.parquet, out/val/*.parquet: folders named by the split alone (the column
         # leaves the files), as stage 2 reads them; on an object store through this project's
         # filesystem (its endpoint and credentials)
-        .write_parquet(fsx.filesystem(out)[1], filesystem=fsx.filesystem(out)[0], partition_cols=["split"],
+        .write_parquet(path, filesystem=fs, partition_cols=["split"],
                        partitioning_flavor=None, row_group_size=ROWS_PER_GROUP)
     )
 
