@@ -108,13 +108,14 @@ def train(rows, steps: int, batch: int, crop_s: float, hidden: int, codebook: in
     return model.eval(), losses
 
 
-def evaluate(model, rows, targets: int, seed: int) -> dict:
+def evaluate(model, rows, targets: int, seed: int, on: str = "val") -> dict:
     import torch
 
     from pipeline.modalities.speech.scores import SpeakerEncoder, unit
 
     rng = random.Random(seed)
-    held = [r for r in rows if r[4]]
+    held = [r for r in rows if r[4]] if on == "val" else \
+        [r for s in sorted({r[0] for r in rows}) for r in [q for q in rows if q[0] == s and not q[4]][:5]]
     speakers = sorted({r[0] for r in rows})
     recognizer = words.Recognizer()
     encoder = SpeakerEncoder()
@@ -157,6 +158,8 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--targets", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on", choices=["val", "train"], default="val",
+                   help="score the held-out sentences, or 5 training sentences per speaker (does it fit?)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     import torch
@@ -167,7 +170,7 @@ def main(argv=None) -> dict:
     t1 = time.perf_counter()
     model, losses = train(rows, args.steps, args.batch, args.crop, args.hidden, args.codebook, args.lr, args.seed)
     t2 = time.perf_counter()
-    figures = evaluate(model, rows, args.targets, args.seed)
+    figures = evaluate(model, rows, args.targets, args.seed, args.on)
     t3 = time.perf_counter()
     figures.update(voices=voices, steps=args.steps, threads=torch.get_num_threads(), corpus_s=t1 - t0,
                    train_s=t2 - t1, evaluate_s=t3 - t2, final_feature_loss=float(np.mean(losses[-50:])))
