@@ -65,7 +65,44 @@ def corpus(voices: list[str], per_speaker: int, seed: int):
     return rows
 
 
-def train(rows, steps: int, batch: int, crop_s: float, hidden: int, codebook: int, lr: float, seed: int):
+def _no_vq(dim: int):
+    """In place of the quantizer (--no-vq): z_e goes to the decoder as it is, to tell a bottleneck
+    of the codes from a decoder that cannot render what it is given."""
+    import torch
+
+    class NoVQ(torch.nn.Module):
+        def forward(self, z_e, mask=None):
+            return _identity_vq(z_e)
+
+    module = NoVQ()
+    module.dim = dim
+    return module
+
+
+def _identity_vq(z_e):
+    import torch
+
+    from pipeline.models.quantizer import VQOutput
+
+    zero = torch.zeros((), device=z_e.device)
+    return VQOutput(z_e, torch.zeros(z_e.shape[0], z_e.shape[-1], dtype=torch.long), zero, zero, zero, zero, zero)
+
+
+def _rebuild(model, x, speaker: int, no_vq: bool):
+    """A waveform from x decoded with `speaker`: through the codes, or (no_vq) from z_e itself."""
+    import torch
+
+    xb = torch.from_numpy(x)[None, None]
+    if not no_vq:
+        return model.decode_indices(model.encode(xb), {"speaker": torch.tensor([speaker])})[0, 0].numpy()
+    with torch.no_grad():
+        spk = torch.tensor([speaker])
+        feats = model._features(model._decode(model._encode(xb), spk, model.frames(len(x))), spk)[0].numpy()
+    return world.synthesize(feats, RATE)
+
+
+def train(rows, steps: int, batch: int, crop_s: float, hidden: int, codebook: int, lr: float, seed: int,
+          no_vq: bool = False):
     import torch
 
     from pipeline.models.speech_world import WorldVQVAE
@@ -74,6 +111,8 @@ def train(rows, steps: int, batch: int, crop_s: float, hidden: int, codebook: in
     rng = random.Random(seed)
     train_rows = [r for r in rows if not r[4]]
     model = WorldVQVAE(num_speakers=max(r[0] for r in rows) + 1, rate=RATE, hidden=hidden, codebook_size=codebook)
+    if no_vq:
+        model.vq = _no_vq(model.vq.dim)
     model.set_statistics([r[3] for r in train_rows], [r[0] for r in train_rows])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     hop, frame = model.hop, model.frame
@@ -108,9 +147,7 @@ def train(rows, steps: int, batch: int, crop_s: float, hidden: int, codebook: in
     return model.eval(), losses
 
 
-def evaluate(model, rows, targets: int, seed: int, on: str = "val") -> dict:
-    import torch
-
+def evaluate(model, rows, targets: int, seed: int, on: str = "val", no_vq: bool = False) -> dict:
     from pipeline.modalities.speech.scores import SpeakerEncoder, unit
 
     rng = random.Random(seed)
@@ -124,15 +161,14 @@ def evaluate(model, rows, targets: int, seed: int, on: str = "val") -> dict:
     refs, heard = [], {"source": [], "vocoder": [], "reconstruction": []}
     conv_refs, conv_heard, closer, own = [], [], [], []
     for s, text, x, f, _ in held:
-        codes = model.encode(torch.from_numpy(x)[None, None])
         refs.append(text)
         heard["source"].append(recognizer.transcribe(x, RATE))
         heard["vocoder"].append(recognizer.transcribe(world.synthesize(f, RATE), RATE))
-        y = model.decode_indices(codes, {"speaker": torch.tensor([s])})[0, 0].numpy()
+        y = _rebuild(model, x, s, no_vq)
         heard["reconstruction"].append(recognizer.transcribe(y, RATE))
         e = unit(encoder.embed(y, RATE))
         for t in rng.sample([o for o in speakers if o != s], min(targets, len(speakers) - 1)):
-            c = model.decode_indices(codes, {"speaker": torch.tensor([t])})[0, 0].numpy()
+            c = _rebuild(model, x, t, no_vq)
             conv_refs.append(text)
             conv_heard.append(recognizer.transcribe(c, RATE))
             ce = unit(encoder.embed(c, RATE))
@@ -160,6 +196,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--on", choices=["val", "train"], default="val",
                    help="score the held-out sentences, or 5 training sentences per speaker (does it fit?)")
+    p.add_argument("--no-vq", action="store_true", help="no quantizer: z_e straight to the decoder (a diagnosis)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     import torch
@@ -168,9 +205,10 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     rows = corpus(voices, args.per_speaker, args.seed)
     t1 = time.perf_counter()
-    model, losses = train(rows, args.steps, args.batch, args.crop, args.hidden, args.codebook, args.lr, args.seed)
+    model, losses = train(rows, args.steps, args.batch, args.crop, args.hidden, args.codebook, args.lr, args.seed,
+                          args.no_vq)
     t2 = time.perf_counter()
-    figures = evaluate(model, rows, args.targets, args.seed, args.on)
+    figures = evaluate(model, rows, args.targets, args.seed, args.on, args.no_vq)
     t3 = time.perf_counter()
     figures.update(voices=voices, steps=args.steps, threads=torch.get_num_threads(), corpus_s=t1 - t0,
                    train_s=t2 - t1, evaluate_s=t3 - t2, final_feature_loss=float(np.mean(losses[-50:])))
