@@ -23,6 +23,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
+from pipeline import fs
 from pipeline.fs import write_atomic
 
 _enabled = False
@@ -231,8 +232,6 @@ class StepFile:
     workdir on another node without shared storage) just shows no progress."""
 
     def __init__(self, path: str | None, every: float | None = None):
-        from pipeline import fs
-
         self.path, self._last = path, 0.0
         self.every = every if every is not None else 5.0 if path and fs.is_remote(path) else 1.0
         self.state: dict = {}
@@ -248,8 +247,6 @@ class StepFile:
         if not force and not self.due():
             return
         self._last = time.monotonic()
-        from pipeline import fs
-
         try:
             fsys, where = fs.filesystem(self.path)
             write_atomic(where, json.dumps(self.state).encode(), fsys)
@@ -258,8 +255,6 @@ class StepFile:
 
 
 def read_steps(path: str) -> dict | None:
-    from pipeline import fs
-
     try:
         return fs.read_json(path)
     except (OSError, ValueError):
@@ -273,8 +268,6 @@ def watch(path: str, label: str, total: int, unit: str = "steps", metrics: tuple
     if not _enabled:
         yield
         return
-    from pipeline import fs
-
     try:  # an earlier attempt's file: the resumed run writes its own
         fsys, where = fs.filesystem(path)
         fsys.delete_file(where)

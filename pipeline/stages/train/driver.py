@@ -39,15 +39,12 @@ def run_name(prefix: str, settings: Settings, shaping: dict) -> str:
     return f"{prefix}-{settings.data.name}-{digest}"
 
 
-read_json = fsx.read_json
-
-
 def finished_result(settings: Settings, name: str) -> dict | None:
     """The result of a finished run of this name (None when unfinished; overwrite forgets it)."""
     run_dir = fsx.join(settings.runs_dir, name)
     if settings.overwrite:
         fsx.remove_tree(run_dir)
-    return read_json(fsx.join(run_dir, "result.json"))
+    return fsx.read_json(fsx.join(run_dir, "result.json"))
 
 
 def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, stage: str) -> str:
@@ -61,7 +58,7 @@ def mlflow_run(settings: Settings, name: str, experiment_id: str, tags: dict, st
     run_dir = fsx.join(settings.runs_dir, name)
     if not fsx.is_remote(run_dir):
         os.makedirs(run_dir, exist_ok=True)
-    started = read_json(fsx.join(run_dir, "mlflow.json"))
+    started = fsx.read_json(fsx.join(run_dir, "mlflow.json"))
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     if started is not None:
         from mlflow.exceptions import MlflowException
