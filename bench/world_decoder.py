@@ -1,6 +1,6 @@
-"""Does a VQ-VAE whose decoder predicts WORLD frames keep the words? (issue #36, in progress)
+"""Does the VQ-VAE whose decoder predicts WORLD frames (`stage1.decoder: world`) keep the words?
 
-    .venv/bin/python bench/world_decoder.py --steps 1500 --json world.json
+    .venv/bin/python bench/world_decoder.py --steps 3000 --espeak --json world.json   # the 4 flite voices
 
 A small corpus made here offline: `--flite` voices of flite (a system package) and `--espeak`
 espeak-ng voices of the speech demo, each reading `--per-speaker` sentences of the demo's grammar
@@ -102,7 +102,7 @@ def _rebuild(model, x, speaker: int, no_vq: bool):
 
 
 def train(rows, steps: int, batch: int, crop_s: float, hidden: int, codebook: int, lr: float, seed: int,
-          no_vq: bool = False):
+          no_vq: bool = False, warp: float = 0.15):
     import torch
 
     from pipeline.models.speech_world import WorldVQVAE
@@ -110,10 +110,15 @@ def train(rows, steps: int, batch: int, crop_s: float, hidden: int, codebook: in
     torch.manual_seed(seed)
     rng = random.Random(seed)
     train_rows = [r for r in rows if not r[4]]
-    model = WorldVQVAE(num_speakers=max(r[0] for r in rows) + 1, rate=RATE, hidden=hidden, codebook_size=codebook)
+    model = WorldVQVAE(num_speakers=max(r[0] for r in rows) + 1, rate=RATE, hidden=hidden, codebook_size=codebook,
+                       input_warp=warp)
     if no_vq:
         model.vq = _no_vq(model.vq.dim)
-    model.set_statistics([r[3] for r in train_rows], [r[0] for r in train_rows])
+    sums: dict = {}
+    for r in train_rows:
+        for k, v in world.sums(r[3], r[0]).items():
+            sums[k] = sums.get(k, 0.0) + v
+    model.set_statistics(sums)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     hop, frame = model.hop, model.frame
     n = int(crop_s * RATE) // hop * hop
@@ -135,8 +140,8 @@ def train(rows, steps: int, batch: int, crop_s: float, hidden: int, codebook: in
                 ff = np.pad(ff, ((0, n // frame + 1 - len(ff)), (0, 0)), mode="edge")
             fs.append(ff)
             spk.append(s)
-        out = model(torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(fs)),
-                    {"speaker": torch.tensor(spk)})
+        out = model(torch.from_numpy(np.stack(xs))[:, None],
+                    {"speaker": torch.tensor(spk), "world": torch.from_numpy(np.stack(fs))})
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -186,17 +191,18 @@ def main(argv=None) -> dict:
     p.add_argument("--flite", nargs="*", default=FLITE)
     p.add_argument("--espeak", nargs="*", default=["p901", "p902", "p905", "p908"])
     p.add_argument("--per-speaker", type=int, default=30)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=float, default=1.0, help="seconds per training crop")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--codebook", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--codebook", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--targets", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--on", choices=["val", "train"], default="val",
                    help="score the held-out sentences, or 5 training sentences per speaker (does it fit?)")
     p.add_argument("--no-vq", action="store_true", help="no quantizer: z_e straight to the decoder (a diagnosis)")
+    p.add_argument("--warp", type=float, default=0.15, help="stage1.input_warp: the encoder input's mel-axis stretch")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     import torch
@@ -206,7 +212,7 @@ def main(argv=None) -> dict:
     rows = corpus(voices, args.per_speaker, args.seed)
     t1 = time.perf_counter()
     model, losses = train(rows, args.steps, args.batch, args.crop, args.hidden, args.codebook, args.lr, args.seed,
-                          args.no_vq)
+                          args.no_vq, args.warp)
     t2 = time.perf_counter()
     figures = evaluate(model, rows, args.targets, args.seed, args.on, args.no_vq)
     t3 = time.perf_counter()

@@ -42,7 +42,7 @@ def test_speech_runs_through_the_pipeline_then_converts_voices(tmp_path, ray_loc
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     shards = json.loads((work / "shards" / "talk" / "manifest.json").read_text())
-    assert shards["layout"] == "vctk-0.80" and shards["cond"]["speaker"]["names"] == ["p901", "p902", "p903", "p904"]
+    assert shards["layout"] == "vctk-0.80" and shards["cond"]["speaker"]["names"] == ["p901", "p902", "p911", "p912"]
     assert shards["splits"]["train"]["samples"] == 28 and shards["splits"]["val"]["samples"] == 12
     assert shards["speakers"][0]["gender"] == "M"
     hours = shards["splits"]["train"]["stats"]["hours"]
@@ -92,13 +92,13 @@ def test_speech_runs_through_the_pipeline_then_converts_voices(tmp_path, ray_loc
     # convert: a val key to another speaker, and an outside WAV (their first half second: the
     # whole sentence is ~4 s of sample-by-sample generation)
     val_key = next(iter(sorted(_val_keys(work))))
-    proc = run_job("convert.py", "--config", str(cfg), "--source", val_key, "--speaker", "p904", "--seconds", "0.5",
+    proc = run_job("convert.py", "--config", str(cfg), "--source", val_key, "--speaker", "p912", "--seconds", "0.5",
                    env=ray_address(ray_local))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = work / "conversions" / f"{val_key}-to-p904.wav"
+    out = work / "conversions" / f"{val_key}-to-p912.wav"
     converted, rate = sf.read(out)
     assert rate == 8000 and len(converted) == 4000 // 64 * 64  # whole codes of 0.5 s at 8 kHz
-    assert (work / "conversions" / f"{val_key}-to-p904.png").is_file()
+    assert (work / "conversions" / f"{val_key}-to-p912.png").is_file()
     wav = next((work / "raw" / "wav48" / "p902").glob("*.wav"))
     proc = run_job("convert.py", "--config", str(cfg), "--source", str(wav), "--speaker", "p901", "--seconds", "0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -226,6 +226,14 @@ class Modality:
         when it varies), `data` the data section (a video prior needs the window's frames)."""
         raise NotImplementedError
 
+    def selection(self, stage1: Stage1Section) -> str:
+        """The metric that ranks stage-1 checkpoints and registry versions of these settings (lower
+        is better): `selection_metric`, unless a setting swaps the model's kind."""
+        return self.selection_metric
+
+    def prepare_autoencoder(self, model, manifest: dict | None) -> None:
+        """Anything a new autoencoder takes from the shards (their manifest) before its first step."""
+
     def metric_scale(self, data: DataSection, stage1: Stage1Section) -> str | None:
         """What `selection_metric` scores, when settings can change that (then versions are
         compared for the champion only with versions that scored the same). None: always alike."""
@@ -284,12 +292,12 @@ class Modality:
         voice conversion) and files that show them, written under `out_dir`."""
         raise NotImplementedError
 
-    def convert(self, load_model, shards_dir: str, source: str, target: str, out_dir: str, data: DataSection,
-                sample: SampleSection, device, seconds: float | None = None) -> "Conversion":
-        """One sample (`source`: an input file, or a val sample's key) decoded under the
-        `conversion_cond` of `target` (a name or id of the shards' table), written under
-        `out_dir`. `load_model()` gives the autoencoder, called once the request is known to be
-        good. Only for a modality with a `conversion_cond`."""
+    def convert(self, load_model, shards_dir: str, sources: list[str], target: str, out_dir: str,
+                data: DataSection, sample: SampleSection, device, seconds: float | None = None) -> "list[Conversion]":
+        """Samples (`sources`: input files, val samples' keys, or "val" for every val sample)
+        decoded under the `conversion_cond` of `target` (a name or id of the shards' table),
+        written under `out_dir`, one result each. `load_model()` gives the autoencoder, called
+        once, when the request is known to be good. Only for a modality with a `conversion_cond`."""
         raise NotImplementedError
 
     def make_demo(self, data: DataSection, small: bool = False) -> dict:

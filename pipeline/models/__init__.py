@@ -1,7 +1,7 @@
 """Models: plain PyTorch modules that import nothing of the pipeline beyond this package.
 
-The vector quantizer, the N-d VQ-VAE and the Gated PixelCNN prior; the speech VQ-VAE (WaveNet
-decoder) and its code prior; the video prior. Each has a `config` dict of its constructor
+The vector quantizer, the N-d VQ-VAE and the Gated PixelCNN prior; the speech VQ-VAEs (WaveNet
+decoder; WORLD-frame decoder) and their code prior; the video prior. Each has a `config` dict of its constructor
 arguments and `from_config`, so weights plus that dict rebuild it; an autoencoder says
 `role = "autoencoder"`, a prior `role = "prior"`. Long loops (sampling, WaveNet generation) take
 `track`, a function that wraps an iterable to show progress; by default they show none.
@@ -22,10 +22,11 @@ def untracked(items: Iterable, label: str = "", total: int | None = None, unit: 
 def _classes() -> dict:
     from pipeline.models.pixelcnn import GatedPixelCNN
     from pipeline.models.speech import CodePrior, SpeechVQVAE
+    from pipeline.models.speech_world import WorldVQVAE
     from pipeline.models.video_prior import VideoPrior
     from pipeline.models.vqvae import VQVAE
 
-    return {cls.__name__: cls for cls in (VQVAE, GatedPixelCNN, SpeechVQVAE, CodePrior, VideoPrior)}
+    return {cls.__name__: cls for cls in (VQVAE, GatedPixelCNN, SpeechVQVAE, WorldVQVAE, CodePrior, VideoPrior)}
 
 
 def autocast_on(device):

@@ -30,6 +30,7 @@ FEATURES = ENVELOPE + BANDS + 2
 LF0, VUV = ENVELOPE + BANDS, ENVELOPE + BANDS + 1
 F0_FLOOR, F0_CEIL = 60.0, 600.0
 AP_FLOOR_DB = -60.0
+BATCH_KEY = "world"  # a batch's WORLD frames travel in its cond under this name (targets, not conditioning)
 
 
 def _pyworld():
@@ -108,3 +109,36 @@ def pitch_stats(features: list[np.ndarray]) -> tuple[float, float]:
     if voiced.size < 2:
         return float(np.log(120.0)), 0.2
     return float(voiced.mean()), float(max(voiced.std(), 1e-3))
+
+
+def to_npy(features: np.ndarray) -> bytes:
+    """(frames, FEATURES) float32 as .npy bytes (a shard member)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(features, np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def from_npy(data: bytes) -> np.ndarray:
+    """`to_npy`'s bytes back; ValueError when they are not (frames, FEATURES) float32."""
+    import io
+
+    a = np.load(io.BytesIO(data), allow_pickle=False)
+    if a.dtype != np.float32 or a.ndim != 2 or a.shape[1] != FEATURES or not np.isfinite(a).all():
+        raise ValueError(f"WORLD frames of shape {a.shape} {a.dtype}, expected (frames, {FEATURES}) finite float32")
+    return a
+
+
+def sums(features: np.ndarray, speaker: int) -> dict[str, float]:
+    """An utterance's contribution to the statistics `set_statistics` takes (sums add up over
+    utterances and shards): per dimension sum and sum of squares, and the speaker's voiced log F0."""
+    f = np.asarray(features, np.float64)
+    out = {"world/frames": float(len(f))}
+    for i, (s, q) in enumerate(zip(f.sum(0), np.square(f).sum(0))):
+        out[f"world/sum/{i}"], out[f"world/sq/{i}"] = float(s), float(q)
+    voiced = f[f[:, VUV] > 0.5, LF0]
+    out[f"world/speaker/{speaker}/voiced"] = float(len(voiced))
+    out[f"world/speaker/{speaker}/lf0"] = float(voiced.sum())
+    out[f"world/speaker/{speaker}/lf0sq"] = float(np.square(voiced).sum())
+    return out

@@ -66,17 +66,38 @@ def evaluate(settings: Settings, model_uri: str, force: bool = False) -> dict:
     return metrics
 
 
-def convert(settings: Settings, source: str, target: str, out: str | None = None, seconds: float | None = None) -> str:
-    """Decode the codes of `source` (a val sample's key or an input file) under `target` (a name or
-    id of the modality's `conversion_cond`: a speaker), write the files under `out` (default
-    `<workdir>/conversions`) and log them in an MLflow run. `seconds`: only the source's first
-    seconds. -> the main file."""
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".png", ".jpg", ".jpeg", ".mp4")  # what a folder source holds
+
+
+def expand_sources(sources: list[str]) -> list[str]:
+    """Each source as given, a folder as the media files directly in it (sorted)."""
+    out = []
+    for source in sources:
+        if os.path.isdir(source):
+            files = sorted(os.path.join(source, n) for n in os.listdir(source)
+                           if n.lower().endswith(AUDIO_SUFFIXES) and os.path.isfile(os.path.join(source, n)))
+            if not files:
+                raise UserError(f"--source {source}: a folder with no {'/'.join(AUDIO_SUFFIXES)} files in it")
+            out += files
+        else:
+            out.append(source)
+    return out
+
+
+def convert(settings: Settings, sources: list[str] | str, target: str, out: str | None = None,
+            seconds: float | None = None) -> list[str]:
+    """Decode the codes of each of `sources` (val samples' keys, input files, folders of them, or
+    "val": every val sample) under `target` (a name or id of the modality's `conversion_cond`: a
+    speaker), write the files under `out` (default `<workdir>/conversions`) and log them in one
+    MLflow run. The model loads once. `seconds`: only each source's first seconds. -> the main
+    file of each."""
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):  # before any work
         raise UserError(f"--seconds {seconds}: give a positive number of seconds")
     modality = settings.modality
     if modality.conversion_cond is None:
         raise UserError(f"data.modality {settings.data.modality!r} has no conversion: its decoder takes no "
                         f"conditioning to swap (speech converts voices)")
+    sources = expand_sources([sources] if isinstance(sources, str) else list(sources))
     import mlflow
 
     from pipeline import tracking
@@ -86,37 +107,49 @@ def convert(settings: Settings, source: str, target: str, out: str | None = None
     loaded: dict = {}
 
     def load_model():  # once the modality has checked the request
-        loaded.update(tracking.resolve(settings.codes.model or settings.vqvae_champion))
-        return tracking.load_vqvae(f"models:/{loaded['name']}/{loaded['version']}", device)
+        if "model" not in loaded:
+            loaded.update(tracking.resolve(settings.codes.model or settings.vqvae_champion))
+            loaded["model"] = tracking.load_vqvae(f"models:/{loaded['name']}/{loaded['version']}", device)
+        return loaded["model"]
 
     folder = out or fsx.join(settings.workdir, "conversions")
     with fsx.staged(folder) as local:  # on an object store: written here, uploaded at the end
-        made = modality.convert(load_model, settings.shards_dir, source, target, local, settings.data,
+        made = modality.convert(load_model, settings.shards_dir, sources, target, local, settings.data,
                                 settings.sample, device, seconds)
         tags = {"stage": "convert", "vqvae_name": loaded["name"], "vqvae_version": loaded["version"]}
-        with tracking.start_run(experiment_id, f"convert-{made.name}", tags=tags):
-            mlflow.log_params({"source": source, modality.conversion_cond: made.target,
+        run_name = f"convert-{made[0].name}" if len(made) == 1 else f"convert-{len(made)}-to-{made[0].target}"
+        with tracking.start_run(experiment_id, run_name, tags=tags):
+            mlflow.log_params({"source": sources[0] if len(sources) == 1 else f"{len(sources)} sources",
+                               modality.conversion_cond: made[0].target,
                                "seconds": "all" if seconds is None else seconds,
                                "model": f"models:/{loaded['name']}/{loaded['version']}"})
-            mlflow.log_metric("seconds", made.seconds)
-            for path in made.files:
-                mlflow.log_artifact(path, "conversion")
-    if local != folder:  # where the files are now, not the staging folder they were written in
-        made.files = [fsx.join(folder, os.path.relpath(p, local)) for p in made.files]
-        made.summary = made.summary.replace(local, folder)
-    print(f"convert: {made.summary}", flush=True)
-    return made.files[0]
+            mlflow.log_metrics({"seconds": sum(m.seconds for m in made), "conversions": len(made)})
+            if len(sources) > 1:
+                mlflow.log_text("\n".join(sources) + "\n", "conversion/sources.txt")
+            for m in made:
+                for path in m.files:
+                    mlflow.log_artifact(path, "conversion")
+    for m in made:
+        if local != folder:  # where the files are now, not the staging folder they were written in
+            m.files = [fsx.join(folder, os.path.relpath(p, local)) for p in m.files]
+            m.summary = m.summary.replace(local, folder)
+        print(f"convert: {m.summary}", flush=True)
+    if len(made) > 1:
+        print(f"convert: {len(made)} conversions to {made[0].target} in {sum(m.seconds for m in made):.1f} s "
+              f"of decoding -> {folder}", flush=True)
+    return [m.files[0] for m in made]
 
 
-def run(settings: Settings, source: str | None, target: str | None, out: str | None = None,
+def run(settings: Settings, sources: list[str] | None, target: str | None, out: str | None = None,
         seconds: float | None = None, scores: bool = False) -> None:
-    """jobs/convert.py: one conversion, or (`scores`) the evaluation of the model, printed."""
+    """jobs/convert.py: conversions of one or many sources, or (`scores`) the evaluation of the
+    model, printed."""
     if scores:
         if settings.modality.evaluation_settings(settings.sample) is None:
             raise UserError(f"data.modality {settings.data.modality!r} has no evaluation beyond validation's")
         metrics = evaluate(settings, settings.codes.model or settings.vqvae_champion, force=True)
         print("convert: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())), flush=True)
         return
-    if not source or not target:
+    if not sources or not target:
         raise UserError("give --source and --speaker (or --evaluate)")
-    convert(settings, source, target, out, seconds=seconds)
+    convert(settings, sources, target, out, seconds=seconds)

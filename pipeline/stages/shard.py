@@ -137,6 +137,12 @@ def _data_identity(data) -> dict:
     return data.model_dump(exclude={"name", "make_demo"})
 
 
+def _is_default(data, key: str) -> bool:
+    field = type(data).model_fields.get(key)
+    return field is not None and not field.is_required() and getattr(data, key) == field.get_default(
+        call_default_factory=True)
+
+
 def _check_finished(settings: Settings, finished: dict) -> None:
     """Reuse finished shards only when they were made from exactly this listing and config."""
     data, out = settings.data, settings.shards_dir
@@ -146,9 +152,12 @@ def _check_finished(settings: Settings, finished: dict) -> None:
     if made.get("order") != ORDER:
         raise UserError(f"shard {data.name}: the shards at {out} were cut in listing (class) order, before "
                         f"2026-12-06, so a training batch would hold one or two classes; {redo}")
-    if made.get("data") != _data_identity(data):
-        was = made.get("data") or {}
-        changed = sorted(k for k in {*was, *_data_identity(data)} if was.get(k) != _data_identity(data).get(k))
+    now = _data_identity(data)
+    # a field added since the shards were made counts as its default (what they were made with)
+    was = {**{k: now[k] for k in now if k not in (made.get("data") or {}) and _is_default(data, k)},
+           **(made.get("data") or {})}
+    if was != now:
+        changed = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
         raise UserError(f"shard {data.name}: the shards at {out} were made with another data config "
                         f"(differs in {', '.join('data.' + k for k in changed)}); {redo}")
     root_fs, root_path = fsx.filesystem(data.root)

@@ -96,7 +96,9 @@ class VQVAETask(Task):
         self.skips = SkipCounter(f"the train shards of {settings.shards_dir}")
 
     def build(self):
-        return build_model(self.settings, self.manifest)
+        model = build_model(self.settings, self.manifest)
+        self.modality.prepare_autoencoder(model, self.manifest)  # a checkpoint, when resumed, overrides it
+        return model
 
     def batches(self, start: int):
         s = self.section
@@ -228,10 +230,12 @@ def stage1(settings: Settings) -> dict:
     check_input_size(settings)
     lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
     modality = settings.modality
+    manifest = load_manifest(settings.shards_dir)
+    modality.prepare_autoencoder(build_model(settings, manifest), manifest)  # what it needs of them is there
 
     def summary(done: dict) -> str:
         m = done["metrics"]
-        scores = ", ".join(f"{k} {m[k]:.4g}" for k in (modality.selection_metric, *modality.key_metrics) if k in m)
+        scores = ", ".join(f"{k} {m[k]:.4g}" for k in (modality.selection(settings.stage1), *modality.key_metrics) if k in m)
         line = (f"stage1 {settings.data.name}: {m['step']} steps in {done['seconds']:.0f} s; {scores}; registered "
                 f"{done['name']} v{done['version']}{' (champion)' if done['promoted'] else ''}; "
                 f"MLflow run {done['run_id']}")
@@ -244,7 +248,7 @@ def stage1(settings: Settings) -> dict:
     done = train_and_register(
         settings, stage="stage1", name=run_name(settings), registered=settings.vqvae_name, lineage=lineage,
         loop=train_loop_per_worker, loop_config={}, max_failures=settings.stage1.max_failures,
-        build=lambda: build_model(settings), metric=modality.selection_metric, key_metrics=modality.key_metrics,
+        build=lambda: build_model(settings), metric=modality.selection(settings.stage1), key_metrics=modality.key_metrics,
         version_tags=lambda metrics: version_tags(metrics, settings), summary=summary)
     evaluate_after_training(settings, f"models:/{done['name']}/{done['version']}", "stage1")
     return done

@@ -54,10 +54,14 @@ def codes_info(settings: Settings, vqvae: dict) -> dict:
         stale = "weights" if made["weights_sha256"] != weights else f"shards (now {settings.shards_dir})"
         raise UserError(f"the codes at {folder} were made from other {stale} than {what}'s: "
                         f"run jobs/dump_codes.py with --set overwrite=true")
+    # the decoder's likelihood per input dimension; none for a decoder that has no likelihood (the
+    # speech WORLD decoder's frames): then the prior's bits per code stand alone
+    bits_tag = vqvae["tags"].get("decoder_bits_per_dim")
     try:
-        decoder_bits = float(vqvae["tags"]["decoder_bits_per_dim"])
-    except (KeyError, ValueError):
-        raise UserError(f"{vqvae['name']} v{vqvae['version']} has no 'decoder_bits_per_dim' tag") from None
+        decoder_bits = None if bits_tag is None else float(bits_tag)
+    except ValueError:
+        raise UserError(f"{vqvae['name']} v{vqvae['version']}: its 'decoder_bits_per_dim' tag {bits_tag!r} is "
+                        f"not a number") from None
     return {"dir": folder, "digest": manifest_digest(manifest),
             "codebook_size": manifest["codebook_size"], "cond": manifest["cond"],
             "latent_shape": manifest["latent_shape"], "input_dims_per_code": manifest["input_dims_per_code"],
@@ -122,11 +126,10 @@ class PriorTask(Task):
         model.train()
         bits_per_code = (totals[0] / totals[1]).item()
         info = self.info
-        return {
-            METRIC: bits_per_code,
-            "val_bits_per_dim": bits_per_code / info["input_dims_per_code"] + info["decoder_bits_per_dim"],
-            "uniform_bits_per_code": math.log2(info["codebook_size"]),
-        }
+        metrics = {METRIC: bits_per_code, "uniform_bits_per_code": math.log2(info["codebook_size"])}
+        if info["decoder_bits_per_dim"] is not None:
+            metrics["val_bits_per_dim"] = bits_per_code / info["input_dims_per_code"] + info["decoder_bits_per_dim"]
+        return metrics
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -148,8 +151,9 @@ def stage2(settings: Settings) -> dict:
     def summary(done: dict) -> str:
         m = done["metrics"]
         return (f"stage2 {settings.data.name}: {settings.stage2.steps} steps in {done['seconds']:.0f} s, best at "
-                f"step {m['step']}: val {m[METRIC]:.3f} bits/code (uniform {m['uniform_bits_per_code']:.3f}), "
-                f"{m['val_bits_per_dim']:.3f} bits/dim; registered {done['name']} v{done['version']}"
+                f"step {m['step']}: val {m[METRIC]:.3f} bits/code (uniform {m['uniform_bits_per_code']:.3f}); "
+                f"{'' if 'val_bits_per_dim' not in m else format(m['val_bits_per_dim'], '.3f') + ' bits/dim; '}"
+                f"registered {done['name']} v{done['version']}"
                 f"{' (champion)' if done['promoted'] else ''} on {vqvae['name']} v{vqvae['version']}; "
                 f"MLflow run {done['run_id']}")
 

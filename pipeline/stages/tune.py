@@ -38,7 +38,7 @@ from pipeline.stages.train.driver import run_name
 def _metrics(settings: Settings) -> tuple[str, tuple[str, ...]]:
     """(the metric ASHA and registration use, the ones the table shows beside it)."""
     modality = settings.modality
-    return modality.selection_metric, modality.key_metrics
+    return modality.selection(settings.stage1), modality.key_metrics
 
 
 def search_name(settings: Settings) -> str:
@@ -121,7 +121,7 @@ def tune(settings: Settings) -> dict:
         check_input_size(trial)
         scales.add(trial.modality.metric_scale(trial.data, trial.stage1))
     if len(scales) > 1:  # the search keeps the lowest selection metric: trials must score one signal
-        raise UserError(f"tune.space: its trials' {settings.modality.selection_metric} would score different "
+        raise UserError(f"tune.space: its trials' {settings.modality.selection(settings.stage1)} would score different "
                         f"signals ({'; '.join(sorted(map(str, scales)))}); search these settings in separate searches")
     lineage = shard_lineage(settings)  # no shards: one-line error before anything starts
     experiment_id = tracking.setup_tracking(settings.tracking_uri, settings.experiment)  # exit 2 if down

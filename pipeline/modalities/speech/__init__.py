@@ -40,6 +40,10 @@ from pipeline.modalities.speech.audio import (decode_flac, encode_flac, read_aud
                                               to_tensor, trim_silence)
 from pipeline.modalities.speech.settings import SpeechData, SpeechSample, SpeechStage1, SpeechStage2  # noqa: E402
 from pipeline.modalities.speech.vctk import SPEAKER, list_speech  # noqa: E402
+from pipeline.models.world import BATCH_KEY as WORLD  # noqa: E402  (numpy only)
+
+WORLD_MEMBER = "world.npy"  # a shard sample's WORLD frames, (frames, FEATURES) float32 .npy
+WORLD_FRAME = "world_frame"
 
 if TYPE_CHECKING:  # torch only where tensors are made: sharding (Ray Data's workers) needs none
     import torch
@@ -84,21 +88,47 @@ class SpeechModality(Modality):
                 raise SkipSample("silent: no sample above zero")
         if len(x) < data.min_samples:
             raise SkipSample(f"too short: {len(x)} samples, under one code ({data.min_samples} samples)")
-        return x, data.sample_rate, int(item.cond[SPEAKER]), item.meta.get("speaker", ""), item.meta.get("text", "")
+        frames = None
+        if data.world_frames:
+            from pipeline.models import world
+
+            x = x.astype("float32")  # what the FLAC round trip gives back, analysed as training sees it
+            frames = world.analyze(decode_flac(encode_flac(x, data.sample_rate))[0], data.sample_rate)
+        return (x, data.sample_rate, int(item.cond[SPEAKER]), item.meta.get("speaker", ""), item.meta.get("text", ""),
+                frames)
 
     def to_members(self, example) -> dict[str, bytes]:
-        x, rate, speaker, _, text = example
-        return {"flac": encode_flac(x, rate), "spk": str(speaker).encode(), "txt": text.encode("utf-8")}
+        x, rate, speaker, _, text, frames = example
+        members = {"flac": encode_flac(x, rate), "spk": str(speaker).encode(), "txt": text.encode("utf-8")}
+        if frames is not None:
+            from pipeline.models import world
+
+            members[WORLD_MEMBER] = world.to_npy(frames)
+        return members
 
     def tally(self, example) -> dict[str, float]:
-        x, rate, _, name, _ = example
+        x, rate, speaker, name, _, frames = example
         hours = len(x) / rate / 3600
-        return {"hours": hours, "utterances": 1, f"speaker/{name}/hours": hours, f"speaker/{name}/utterances": 1}
+        out = {"hours": hours, "utterances": 1, f"speaker/{name}/hours": hours, f"speaker/{name}/utterances": 1}
+        if frames is not None:
+            from pipeline.models import world
+
+            out.update(world.sums(frames, speaker))
+        return out
 
     # read
     def from_members(self, members: dict[str, bytes]) -> Item:
-        x, _ = decode_flac(members["flac"])
-        return Item(to_tensor(x), {SPEAKER: int(members["spk"])})
+        x, rate = decode_flac(members["flac"])
+        cond = {SPEAKER: int(members["spk"])}
+        if WORLD_MEMBER in members:
+            import torch
+
+            from pipeline.models import world
+
+            # the frames, and the samples per frame (for crops on their grid); targets, not conditioning
+            cond[WORLD] = torch.from_numpy(world.from_npy(members[WORLD_MEMBER]))
+            cond[WORLD_FRAME] = rate // 100
+        return Item(to_tensor(x), cond)
 
     def collate(self, items: list[Item]) -> Batch:
         import torch
@@ -111,6 +141,12 @@ class SpeechModality(Modality):
             x[i, :, :n] = it.x
             mask[i, :n] = True
         cond = {SPEAKER: torch.as_tensor([it.cond[SPEAKER] for it in items], dtype=torch.long)}
+        if all(WORLD in it.cond for it in items):
+            frames = max(len(it.cond[WORLD]) for it in items)
+            feats = torch.zeros(len(items), frames, items[0].cond[WORLD].shape[-1])
+            for i, it in enumerate(items):
+                feats[i, :len(it.cond[WORLD])] = it.cond[WORLD]
+            cond[WORLD] = feats
         return Batch(x, cond, mask, [it.key for it in items])
 
     def crop(self, item: Item, stage1: SpeechStage1, rng: random.Random | None) -> Item:
@@ -119,15 +155,23 @@ class SpeechModality(Modality):
         size = stage1.segment if rng is not None else stage1.val_segment
         if n <= size:
             return item
-        start = rng.randrange(n - size + 1) if rng is not None else 0
-        return Item(item.x[:, start:start + size], item.cond, item.key)
+        if WORLD not in item.cond:
+            start = rng.randrange(n - size + 1) if rng is not None else 0
+            return Item(item.x[:, start:start + size], item.cond, item.key)
+        # on the WORLD frames' grid (one per `frame` samples), their frames cut alike
+        frame = item.cond[WORLD_FRAME]
+        start = rng.randrange((n - size) // frame + 1) * frame if rng is not None else 0
+        cond = {**item.cond, WORLD: item.cond[WORLD][start // frame: start // frame + size // frame + 1]}
+        return Item(item.x[:, start:start + size], cond, item.key)
 
     # models
     def build_autoencoder(self, stage1: SpeechStage1, data: SpeechData, cond: dict[str, CondSpec]):
-        from pipeline.models.speech import SpeechVQVAE
-
         if SPEAKER not in cond:
             raise UserError(f"no speaker table for {data.name}: shard it first (jobs/shard.py)")
+        if stage1.decoder == "world":
+            return self._world_autoencoder(stage1, data, cond)
+        from pipeline.models.speech import SpeechVQVAE
+
         hop = 2**stage1.num_downsamples
         if hop > data.min_samples:
             raise UserError(f"stage1.num_downsamples={stage1.num_downsamples} makes one code of {hop} samples, "
@@ -142,9 +186,46 @@ class SpeechModality(Modality):
                            cond_channels=stage1.cond_channels, preemphasis=stage1.preemphasis,
                            scalar_input=stage1.scalar_input, lpc_order=stage1.lpc_order)
 
+    def _world_autoencoder(self, stage1: SpeechStage1, data: SpeechData, cond: dict[str, CondSpec]):
+        from pipeline.models.speech_world import WorldVQVAE
+
+        if not data.world_frames:
+            raise UserError("stage1.decoder=world trains on the shards' WORLD frames: set data.world_frames: true "
+                            "(and re-shard: --set overwrite=true)")
+        if data.sample_rate % 100:
+            raise UserError(f"stage1.decoder=world needs a whole number of samples per 10 ms frame: "
+                            f"data.sample_rate={data.sample_rate} is not a multiple of 100 Hz")
+        hop = stage1.code_frames * data.sample_rate // 100
+        if hop > data.min_samples:
+            raise UserError(f"stage1.code_frames={stage1.code_frames} makes one code of {hop} samples, but the "
+                            f"shards keep utterances down to data.min_samples={data.min_samples}: re-shard with "
+                            f"data.min_samples >= {hop}")
+        return WorldVQVAE(num_speakers=cond[SPEAKER].size, rate=data.sample_rate, mels=stage1.mels,
+                          hidden=stage1.hidden, codebook_size=stage1.codebook_size, code_dim=stage1.code_dim,
+                          speaker_dim=stage1.speaker_dim, decoder_layers=stage1.decoder_layers,
+                          code_frames=stage1.code_frames, beta=stage1.beta, ema=stage1.ema, decay=stage1.decay,
+                          dead_code_steps=stage1.dead_code_steps, input_warp=stage1.input_warp)
+
+    def prepare_autoencoder(self, model, manifest: dict | None) -> None:
+        """A new WORLD-decoder model takes the data's statistics (pitch per speaker, the frames'
+        scale) from the train shards' tallies before its first step."""
+        if getattr(model, "set_statistics", None) is None:
+            return
+        stats = ((manifest or {}).get("splits", {}).get("train") or {}).get("stats") or {}
+        if not stats.get("world/frames"):
+            raise UserError("stage1.decoder=world: the shards carry no WORLD frames; re-shard with "
+                            "data.world_frames: true (--set overwrite=true)")
+        model.set_statistics(stats)
+
+    def selection(self, stage1: SpeechStage1) -> str:
+        return "val_feature_loss" if stage1.decoder == "world" else self.selection_metric
+
     def metric_scale(self, data: SpeechData, stage1: SpeechStage1) -> str | None:
         """val_bits_per_sample scores mu-law classes of another signal with a linear predictor or
-        pre-emphasis, and per sample of another rate: versions differing in these are not compared."""
+        pre-emphasis, and per sample of another rate: versions differing in these are not compared;
+        nor a WORLD decoder's frame loss with a WaveNet's bits."""
+        if stage1.decoder == "world":
+            return f"decoder=world sample_rate={data.sample_rate}"
         return f"sample_rate={data.sample_rate} lpc_order={stage1.lpc_order} preemphasis={stage1.preemphasis}"
 
     def build_prior(self, stage2: SpeechStage2, codebook_size: int, cond: dict[str, CondSpec], latent_shape=None,
@@ -157,9 +238,15 @@ class SpeechModality(Modality):
 
     # scoring and writing
     def val_sums(self, batch: Batch, out) -> dict[str, float]:
+        if hasattr(out, "feature_sum"):  # the WORLD decoder
+            return {"feature_loss": float(out.feature_sum), "envelope_loss": float(out.envelope_sum),
+                    "frames": float(out.frames)}
         return {"nll_bits": float(out.nll_bits_sum), "dims": float(out.samples)}
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        if "frames" in sums:  # no likelihood: the frames' L1 (selection) and the envelope's part
+            frames = max(sums["frames"], 1.0)
+            return {"val_feature_loss": sums["feature_loss"] / frames, "val_envelope_loss": sums["envelope_loss"] / frames}
         bits = sums["nll_bits"] / max(sums["dims"], 1.0)
         return {"val_bits_per_sample": bits, "val_recon_bits_per_dim": bits,
                 "val_bits_per_dim": bits + sums["latent_bits"] / max(sums["dims"], 1.0)}
@@ -195,11 +282,11 @@ class SpeechModality(Modality):
 
         return evaluate(self, model, shards_dir, data, sample, device, out_dir)
 
-    def convert(self, load_model, shards_dir: str, source: str, target: str, out_dir: str, data: SpeechData,
-                sample: SpeechSample, device, seconds: float | None = None) -> Conversion:
-        from pipeline.modalities.speech.convert import convert_one
+    def convert(self, load_model, shards_dir: str, sources: list[str], target: str, out_dir: str, data: SpeechData,
+                sample: SpeechSample, device, seconds: float | None = None) -> list[Conversion]:
+        from pipeline.modalities.speech.convert import convert_many
 
-        return convert_one(self, load_model, shards_dir, source, target, out_dir, data, sample, device, seconds)
+        return convert_many(self, load_model, shards_dir, sources, target, out_dir, data, sample, device, seconds)
 
     def make_demo(self, data: SpeechData, small: bool = False) -> dict:
         from pipeline.modalities.speech.demo import make_demo_corpus

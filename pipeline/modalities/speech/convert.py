@@ -2,9 +2,10 @@
 speaker's embedding (van den Oord et al. 2017, section 4.3). What the convert job asks the speech
 modality (pipeline/stages/convert.py loads the model and logs to MLflow):
 
-`convert_one`: `--source` is a val utterance's key or an audio file; the result is
+`convert_many`: each `--source` is a val utterance's key, an audio file (a folder is expanded to
+its audio files by the job), or `val` (every val utterance); each result is
 `<out>/<source>-to-<speaker>.wav` beside a picture of the log-mel spectrograms of source,
-conversion and a real utterance of the target speaker.
+conversion and a real utterance of the target speaker. One model load for all, in batches.
 
 `evaluate` (at the end of stage 1, and `jobs/convert.py --evaluate`) converts
 `sample.convert_per_speaker` val utterances of every trained speaker to `sample.convert_targets`
@@ -228,29 +229,46 @@ def _speaker_id(shards_dir: str, data: SpeechData, speaker: str) -> tuple[int, s
                     f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
 
 
-def convert_one(modality, load_model, shards_dir: str, source: str, speaker: str, out_dir: str, data: SpeechData,
-                s: SpeechSample, device, seconds: float | None = None) -> Conversion:
-    """Decode the codes of `source` (a val key or an audio file) with `speaker`'s id; write the WAV
-    and a spectrogram picture (source | conversion | the target's real voice) under `out_dir`.
-    `seconds`: only the source's first seconds (a quick listen: generation is sample by sample)."""
+BATCH = 8  # conversions decoded at once
+
+
+def convert_many(modality, load_model, shards_dir: str, sources: list[str], speaker: str, out_dir: str,
+                 data: SpeechData, s: SpeechSample, device, seconds: float | None = None) -> list[Conversion]:
+    """Decode the codes of each source (a val key, an audio file, or "val": every val utterance)
+    with `speaker`'s id, in batches of `BATCH`; write one WAV and a spectrogram picture (source |
+    conversion | the target's real voice) each under `out_dir`. The model is loaded and the val
+    shards read once for all. `seconds`: only each source's first seconds."""
     target, target_name = _speaker_id(shards_dir, data, speaker)
-    found, _, _ = val_utterances(shards_dir, modality)  # the source's key and the target's real sentence
-    key, x = _source(modality, data, source, found)
-    if seconds is not None:
-        x = x[:int(seconds * data.sample_rate)]
+    found, _, _ = val_utterances(shards_dir, modality)  # the sources' keys and the target's real sentence
+    sources = [k for source in sources for k in ([k for u in found.values() for k, _ in u] if source == "val"
+                                                 else [source])]
+    plain = data.model_copy(update={"world_frames": False})  # a source file needs no WORLD frames
+    wanted = []
+    for source in sources:  # every source checked before the model loads
+        key, x = _source(modality, plain, source, found)
+        if seconds is not None:
+            x = x[:int(seconds * data.sample_rate)]
+        wanted.append((source, key, x))
     model = load_model()
-    if len(x) < model.hop:
-        raise UserError(f"--source {source}: {len(x)} samples, shorter than one code ({model.hop} samples)")
-    started = time.perf_counter()
-    (y,) = convert_batch(model, [x], [target], device, seed=s.seed, temperature=s.decoder_temperature)
-    took = time.perf_counter() - started
-    os.makedirs(out_dir, exist_ok=True)
-    name = f"{key}-to-{target_name}"
-    stem = os.path.join(out_dir, name)
-    write_wav(f"{stem}.wav", y, data.sample_rate)
+    for source, _, x in wanted:
+        if len(x) < model.hop:
+            raise UserError(f"--source {source}: {len(x)} samples, shorter than one code ({model.hop} samples)")
     reference = found.get(target, [("", np.zeros(0))])[0][1]
-    spectrogram_picture([[x[:len(y)], y, reference]], data.sample_rate, f"{stem}.png",
-                        [f"{key} to {target_name}"], ["source", "conversion", f"{target_name} (another sentence)"])
-    return Conversion(name, target_name, [f"{stem}.wav", f"{stem}.png"], took,
-                      f"{key} in the voice of {target_name} -> {stem}.wav ({len(y) / data.sample_rate:.1f} s in "
-                      f"{took:.1f} s; spectrograms {stem}.png)")
+    os.makedirs(out_dir, exist_ok=True)
+    made = []
+    for start in range(0, len(wanted), BATCH):
+        group = wanted[start:start + BATCH]
+        began = time.perf_counter()
+        ys = convert_batch(model, [x for _, _, x in group], [target] * len(group), device, seed=s.seed + start,
+                           temperature=s.decoder_temperature)
+        took = (time.perf_counter() - began) / len(group)
+        for (_, key, x), y in zip(group, ys):
+            name = f"{key}-to-{target_name}"
+            stem = os.path.join(out_dir, name)
+            write_wav(f"{stem}.wav", y, data.sample_rate)
+            spectrogram_picture([[x[:len(y)], y, reference]], data.sample_rate, f"{stem}.png",
+                                [f"{key} to {target_name}"], ["source", "conversion", f"{target_name} (another sentence)"])
+            made.append(Conversion(name, target_name, [f"{stem}.wav", f"{stem}.png"], took,
+                                   f"{key} in the voice of {target_name} -> {stem}.wav ({len(y) / data.sample_rate:.1f} s "
+                                   f"in {took:.1f} s; spectrograms {stem}.png)"))
+    return made

@@ -1,5 +1,6 @@
-"""A small VCTK-0.80-layout corpus synthesized offline with espeak-ng: distinct voices (voice
-variant x pitch x rate, one accent), each reading its own sentences, at 48 kHz like VCTK.
+"""A small VCTK-0.80-layout corpus synthesized offline with espeak-ng and flite: distinct voices
+(espeak-ng's voice variant x pitch x rate, one accent; flite's four voices), each reading its own
+sentences, at 48 kHz like VCTK.
 
     <root>/wav48/p9NN/p9NN_MMM.wav, <root>/txt/p9NN/p9NN_MMM.txt, <root>/speaker-info.txt
 
@@ -41,6 +42,15 @@ VOICES = {
     "p909": ("en-us+klatt2", 40, 150, "M", "American"),
     "p910": ("en-us+f3", 75, 145, "F", "American"),
 }
+# flite's voices (a system package too): words PocketSphinx transcribes (15-24 % word error at
+# 16 kHz, against 89 % on espeak-ng's), so the demo's evaluation can say whether words survive
+FLITE_VOICES = {
+    "p911": ("rms", None, None, "M", "American"),
+    "p912": ("slt", None, None, "F", "American"),
+    "p913": ("kal16", None, None, "M", "American"),
+    "p914": ("awb", None, None, "M", "Scottish"),
+}
+DEMO_ESPEAK = 6  # the demo: the first 6 espeak-ng voices and the 4 flite voices
 RATE = 48000
 ESPEAK_RATE = 22050
 
@@ -73,14 +83,25 @@ def _espeak() -> str:
     return exe
 
 
+def _flite() -> str:
+    exe = shutil.which("flite")
+    if exe is None:
+        raise UserError("the speech demo corpus needs flite, a system package: apt-get install flite "
+                        "(make install does it when run as root)")
+    return exe
+
+
 def _synthesize(exe: str, voice: tuple, text: str, path: Path) -> None:
     import soundfile as sf
     import soxr
 
     name, pitch, wpm = voice[:3]
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        subprocess.run([exe, "-v", name, "-p", str(pitch), "-s", str(wpm), "-w", tmp.name, text],
-                       check=True, capture_output=True, timeout=60)
+        if pitch is None:  # flite
+            command = [exe, "-voice", name, "-t", text, "-o", tmp.name]
+        else:
+            command = [exe, "-v", name, "-p", str(pitch), "-s", str(wpm), "-w", tmp.name, text]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
         x, rate = sf.read(tmp.name, dtype="float32")
     x = soxr.resample(x, rate, RATE, quality="HQ")
     sf.write(path, np.clip(x, -1, 1), RATE, subtype="PCM_16")
@@ -92,8 +113,11 @@ def make_demo_corpus(out: str | Path, per_speaker: int = 44, seed: int = 0, spea
     out = Path(out)
     if (out / "wav48").is_dir():
         return {"out": str(out), "created": False}
-    exe = _espeak()
-    chosen = dict(list(VOICES.items())[:speakers or len(VOICES)])
+    espeak, flite = _espeak(), _flite()
+    espeaks, flites = list(VOICES.items())[:DEMO_ESPEAK], list(FLITE_VOICES.items())
+    # alternate, so that a smaller corpus (speakers=N) has both
+    order = [v for pair in zip(espeaks, flites) for v in pair] + espeaks[len(flites):]
+    chosen = dict(order[:speakers or len(order)])
     jobs = []
     rng = random.Random(seed)
     with building(out) as tmp:
@@ -103,10 +127,12 @@ def make_demo_corpus(out: str | Path, per_speaker: int = 44, seed: int = 0, spea
             for i, text in enumerate(sentences(per_speaker, rng), start=1):
                 key = f"{speaker}_{i:03d}"
                 (tmp / "txt" / speaker / f"{key}.txt").write_text(text + "\n")
-                jobs.append((voice, text, tmp / "wav48" / speaker / f"{key}.wav"))
+                jobs.append((flite if voice[1] is None else espeak, voice, text,
+                             tmp / "wav48" / speaker / f"{key}.wav"))
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda job: _synthesize(exe, *job), jobs))
+            list(pool.map(lambda job: _synthesize(*job), jobs))
         info = ["ID  AGE  GENDER  ACCENTS  REGION"]
-        info += [f"{s[1:]}  {20 + i}  {v[3]}    {v[4]}  espeak-ng {v[0]}" for i, (s, v) in enumerate(chosen.items())]
+        info += [f"{s[1:]}  {20 + i}  {v[3]}    {v[4]}  {'flite' if v[1] is None else 'espeak-ng'} {v[0]}"
+                 for i, (s, v) in enumerate(chosen.items())]
         (tmp / "speaker-info.txt").write_text("\n".join(info) + "\n")
     return {"out": str(out), "created": True, "speakers": len(chosen), "utterances": len(jobs)}
