@@ -1,7 +1,8 @@
-"""Speech: VCTK-style corpora, stored as FLAC, modelled with the speech VQ-VAE (strided-conv
-encoder, WaveNet decoder conditioned on the speaker) and a speaker-conditioned WaveNet prior
-over the codes (van den Oord et al. 2017, section 4.3); decoding one speaker's codes with another
-speaker's id converts the voice.
+"""Speech: VCTK-style corpora, stored as FLAC, modelled with a speech VQ-VAE (`stage1.decoder`:
+`wavenet`, the paper's strided-conv encoder and WaveNet decoder conditioned on the speaker; or
+`world`, a log-mel encoder and a decoder to WORLD vocoder frames) and a speaker-conditioned
+WaveNet prior over the codes (van den Oord et al. 2017, section 4.3); decoding one speaker's codes
+with another speaker's id converts the voice.
 
     data:
       modality: speech
@@ -18,8 +19,9 @@ corpus layouts and the listing), `convert` and `scores` (voice conversion and it
 accent, region, ...). Transcripts are optional.
 
 A sample's tar members: `<key>.flac` (mono 16-bit PCM at data.sample_rate, lossless: the shard
-holds exactly what training sees), `<key>.spk` (the speaker id as text) and `<key>.txt` (the
-transcript, UTF-8, may be empty). The model sees float waveforms in [-1, 1], shape (1, samples);
+holds exactly what training sees), `<key>.spk` (the speaker id as text), `<key>.txt` (the
+transcript, UTF-8, may be empty) and, with `data.world_frames`, `<key>.world.npy` (its WORLD
+vocoder frames, float32 (frames, 46), the target of `stage1.decoder: world`). The model sees float waveforms in [-1, 1], shape (1, samples);
 a batch pads them to its longest and masks the padding.
 """
 from __future__ import annotations
