@@ -338,7 +338,7 @@ def make_speech_pool(trees: Path, voices: int, per_voice: int, seed: int) -> tup
         return folder, done
     import soundfile as sf
 
-    from pipeline.modalities.speech.demo import VOICES, make_demo_corpus
+    from pipeline.modalities.speech.demo import FLITE_VOICES, VOICES, make_demo_corpus
 
     raw = folder / "raw"
     folder.mkdir(parents=True, exist_ok=True)
@@ -351,7 +351,7 @@ def make_speech_pool(trees: Path, voices: int, per_voice: int, seed: int) -> tup
             dst = folder / "flac" / f"{wav.stem}.flac"
             sf.write(dst, x, rate, format="FLAC", subtype="PCM_16")
             files.append({"voice": voice, "stem": wav.stem, "seconds": len(x) / rate, "bytes": dst.stat().st_size})
-    info = {"voices": {v: VOICES[v][3] for v in sorted({f["voice"] for f in files})}, "files": files}
+    info = {"voices": {v: {**VOICES, **FLITE_VOICES}[v][3] for v in sorted({f["voice"] for f in files})}, "files": files}
     _write_complete(folder, info)
     return folder, info
 

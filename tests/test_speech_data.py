@@ -126,9 +126,9 @@ def test_vctk_080_layout_with_bad_files(tmp_path):
     for i, (name, start) in enumerate(BAD.items()):
         assert reasons[f"9{i}"].startswith(start), (name, reasons)
     assert len(kept) == 18  # 3 speakers x 6 good utterances
-    split, (x, rate, speaker, name, text), item = kept["p226_003"]
+    split, (x, rate, speaker, name, text, frames), item = kept["p226_003"]
     assert rate == 16000 and x.ndim == 1  # stereo downmixed, 48 kHz resampled
-    assert text == "sentence 3 of p226" and name == "p226" and speaker == 1
+    assert text == "sentence 3 of p226" and name == "p226" and speaker == 1 and frames is None  # no data.world_frames
     assert 0.55 * 16000 <= len(x) <= 0.65 * 16000  # 0.6 s of tone, the silent 0.2 s at each end trimmed
     # resampled with a real filter: p226's 240 Hz tone keeps its frequency
     spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
