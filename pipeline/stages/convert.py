@@ -66,7 +66,7 @@ def evaluate(settings: Settings, model_uri: str, force: bool = False) -> dict:
     return metrics
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".png", ".jpg", ".jpeg", ".mp4")  # what a folder source holds
+MEDIA_SUFFIXES = (".wav", ".flac", ".ogg", ".png", ".jpg", ".jpeg", ".mp4")  # what a folder source holds
 
 
 def expand_sources(sources: list[str]) -> list[str]:
@@ -75,9 +75,9 @@ def expand_sources(sources: list[str]) -> list[str]:
     for source in sources:
         if os.path.isdir(source):
             files = sorted(os.path.join(source, n) for n in os.listdir(source)
-                           if n.lower().endswith(AUDIO_SUFFIXES) and os.path.isfile(os.path.join(source, n)))
+                           if n.lower().endswith(MEDIA_SUFFIXES) and os.path.isfile(os.path.join(source, n)))
             if not files:
-                raise UserError(f"--source {source}: a folder with no {'/'.join(AUDIO_SUFFIXES)} files in it")
+                raise UserError(f"--source {source}: a folder with no {'/'.join(MEDIA_SUFFIXES)} files in it")
             out += files
         else:
             out.append(source)

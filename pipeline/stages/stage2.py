@@ -54,8 +54,8 @@ def codes_info(settings: Settings, vqvae: dict) -> dict:
         stale = "weights" if made["weights_sha256"] != weights else f"shards (now {settings.shards_dir})"
         raise UserError(f"the codes at {folder} were made from other {stale} than {what}'s: "
                         f"run jobs/dump_codes.py with --set overwrite=true")
-    # the decoder's likelihood per input dimension; none for a decoder that has no likelihood (the
-    # speech WORLD decoder's frames): then the prior's bits per code stand alone
+    # the decoder's likelihood per input dimension; none for a decoder that has no likelihood (one
+    # trained on a regression loss): then the prior's bits per code stand alone
     bits_tag = vqvae["tags"].get("decoder_bits_per_dim")
     try:
         decoder_bits = None if bits_tag is None else float(bits_tag)
