@@ -237,27 +237,30 @@ def convert_many(modality, load_model, shards_dir: str, sources: list[str], spea
     """Decode the codes of each source (a val key, an audio file, or "val": every val utterance)
     with `speaker`'s id, in batches of `BATCH`; write one WAV and a spectrogram picture (source |
     conversion | the target's real voice) each under `out_dir`. The model is loaded and the val
-    shards read once for all. `seconds`: only each source's first seconds."""
+    shards read once for all; the sources are read a batch at a time, and what was written before
+    a bad one stays. `seconds`: only each source's first seconds."""
     target, target_name = _speaker_id(shards_dir, data, speaker)
     found, _, _ = val_utterances(shards_dir, modality)  # the sources' keys and the target's real sentence
     sources = [k for source in sources for k in ([k for u in found.values() for k, _ in u] if source == "val"
                                                  else [source])]
     plain = data.model_copy(update={"world_frames": False})  # a source file needs no WORLD frames
-    wanted = []
-    for source in sources:  # every source checked before the model loads
-        key, x = _source(modality, plain, source, found)
-        if seconds is not None:
-            x = x[:int(seconds * data.sample_rate)]
-        wanted.append((source, key, x))
+    keys = {k for u in found.values() for k, _ in u}
+    for source in sources:  # every source named right before the model loads (read batch by batch)
+        if not os.path.isfile(source) and source not in keys:
+            _source(modality, plain, source, found)  # its one-line error
     model = load_model()
-    for source, _, x in wanted:
-        if len(x) < model.hop:
-            raise UserError(f"--source {source}: {len(x)} samples, shorter than one code ({model.hop} samples)")
     reference = found.get(target, [("", np.zeros(0))])[0][1]
     os.makedirs(out_dir, exist_ok=True)
     made = []
-    for start in range(0, len(wanted), BATCH):
-        group = wanted[start:start + BATCH]
+    for start in range(0, len(sources), BATCH):
+        group = []
+        for source in sources[start:start + BATCH]:
+            key, x = _source(modality, plain, source, found)
+            if seconds is not None:
+                x = x[:int(seconds * data.sample_rate)]
+            if len(x) < model.hop:
+                raise UserError(f"--source {source}: {len(x)} samples, shorter than one code ({model.hop} samples)")
+            group.append((source, key, x))
         began = time.perf_counter()
         ys = convert_batch(model, [x for _, _, x in group], [target] * len(group), device, seed=s.seed + start,
                            temperature=s.decoder_temperature)
