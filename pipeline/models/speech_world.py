@@ -11,8 +11,9 @@ voice with harmonics at the target speaker's pitch.
 
 Encoder: log-mel frames of the waveform (one per WORLD frame, 10 ms; the input of the ZeroSpeech
 VQ-VAE baselines), convolutions that give one code per `code_frames` frames. Decoder: the codes
-repeated to the frame rate, the speaker's learnt embedding at its input and as a bias of every
-layer, dilated convolutions, then a 1x1 to the WORLD frame (pipeline/models/world.py): the
+repeated to the frame rate, dilated convolutions, the speaker's learnt embedding as a bias of the
+last `speaker_layers` of them (None: all, and at the input) and as an offset of the output, then
+a 1x1 to the WORLD frame (pipeline/models/world.py): the
 envelope's coded coefficients, band aperiodicities, log F0 in the speaker's own standard units,
 and a voicing logit. pyworld synthesizes the waveform. The speaker's log-F0 statistics
 (`pitch_mean`, `pitch_std`, buffers from the training data) turn the normalised contour into Hz,
@@ -64,14 +65,15 @@ class WorldVQVAE(nn.Module):
     def __init__(self, num_speakers: int, rate: int = 16000, mels: int = 80, hidden: int = 128,
                  codebook_size: int = 512, code_dim: int = 64, speaker_dim: int = 64, decoder_layers: int = 4,
                  code_frames: int = 2, beta: float = 0.25, ema: bool = True, decay: float = 0.99,
-                 dead_code_steps: int = 100, input_warp: float = 0.0):
+                 dead_code_steps: int = 100, input_warp: float = 0.0, speaker_layers: int | None = None):
         super().__init__()
         import librosa
 
         self.config: dict[str, Any] = dict(
             num_speakers=num_speakers, rate=rate, mels=mels, hidden=hidden, codebook_size=codebook_size,
             code_dim=code_dim, speaker_dim=speaker_dim, decoder_layers=decoder_layers, code_frames=code_frames,
-            beta=beta, ema=ema, decay=decay, dead_code_steps=dead_code_steps, input_warp=input_warp)
+            beta=beta, ema=ema, decay=decay, dead_code_steps=dead_code_steps, input_warp=input_warp,
+            speaker_layers=speaker_layers)
         if code_frames < 1:
             raise ValueError(f"code_frames must be >= 1, got {code_frames}")
         self.rate, self.mels, self.code_frames = rate, mels, code_frames
@@ -93,8 +95,12 @@ class WorldVQVAE(nn.Module):
         self.decoder_in = nn.Conv1d(code_dim + speaker_dim, hidden, 3, padding=1)
         self.decoder_convs = nn.ModuleList(nn.Conv1d(hidden, hidden, 3, padding=2 ** (i % 3), dilation=2 ** (i % 3))
                                            for i in range(decoder_layers))
-        self.decoder_speaker = nn.ModuleList(nn.Linear(speaker_dim, hidden) for _ in range(decoder_layers))
+        # the speaker: a bias of the last `speaker_layers` layers (None: all) and an offset of the
+        # output frames; the layers before it render the codes alike for every speaker
+        self.speaker_layers = decoder_layers if speaker_layers is None else min(speaker_layers, decoder_layers)
+        self.decoder_speaker = nn.ModuleList(nn.Linear(speaker_dim, hidden) for _ in range(self.speaker_layers))
         self.head = nn.Conv1d(hidden, world.FEATURES, 1)
+        self.speaker_out = nn.Linear(speaker_dim, world.FEATURES)
         # the data's statistics (set_statistics), saved with the weights
         self.register_buffer("pitch_mean", torch.full((num_speakers,), math.log(120.0)))
         self.register_buffer("pitch_std", torch.full((num_speakers,), 0.2))
@@ -208,10 +214,16 @@ class WorldVQVAE(nn.Module):
         up = z_q.repeat_interleave(self.code_frames, dim=-1)[..., :frames]
         if up.shape[-1] < frames:
             up = F.pad(up, (0, frames - up.shape[-1]), mode="replicate")
-        h = F.relu(self.decoder_in(torch.cat([up, s.unsqueeze(-1).expand(-1, -1, frames)], dim=1)))
-        for conv, bias in zip(self.decoder_convs, self.decoder_speaker):
-            h = F.relu(conv(h) + bias(s).unsqueeze(-1))
-        return self.head(h).transpose(1, 2)  # (B, frames, FEATURES) in the normalised units
+        first = len(self.decoder_convs) - self.speaker_layers  # the first layer that hears the speaker
+        given = s if first == 0 else torch.zeros_like(s)  # the input's speaker channels: only when all do
+        h = F.relu(self.decoder_in(torch.cat([up, given.unsqueeze(-1).expand(-1, -1, frames)], dim=1)))
+        for i, conv in enumerate(self.decoder_convs):
+            h = conv(h)
+            if i >= first:
+                h = h + self.decoder_speaker[i - first](s).unsqueeze(-1)
+            h = F.relu(h)
+        # (B, frames, FEATURES) in the normalised units
+        return self.head(h).transpose(1, 2) + self.speaker_out(s).unsqueeze(1)
 
     def forward(self, x: Tensor, cond: dict[str, Tensor] | None = None, mask: Tensor | None = None) -> WorldOutput:
         """cond: the speaker ids and `WORLD`, the frames of x (B, >= T // frame + 1, FEATURES)."""

@@ -206,7 +206,8 @@ class SpeechModality(Modality):
                           hidden=stage1.hidden, codebook_size=stage1.codebook_size, code_dim=stage1.code_dim,
                           speaker_dim=stage1.speaker_dim, decoder_layers=stage1.decoder_layers,
                           code_frames=stage1.code_frames, beta=stage1.beta, ema=stage1.ema, decay=stage1.decay,
-                          dead_code_steps=stage1.dead_code_steps, input_warp=stage1.input_warp)
+                          dead_code_steps=stage1.dead_code_steps, input_warp=stage1.input_warp,
+                          speaker_layers=stage1.speaker_layers)
 
     def prepare_autoencoder(self, model, manifest: dict | None) -> None:
         """A new WORLD-decoder model takes the data's statistics (pitch per speaker, the frames'
