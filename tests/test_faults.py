@@ -241,6 +241,23 @@ def test_outputs_are_keyed_by_content_across_a_lost_store_and_resharding(tmp_pat
     with pytest.raises(UserError, match=r"another data config \(differs in data.image_size\)"):
         shard(load_settings(cfg, ["data.image_size=24", "data.samples_per_shard=7", other]))
 
+    # shards made before a data field existed: the field counts as its default, so they are reused;
+    # a field they lack that is set to something else now is a change
+    from pipeline.stages.shard import _is_default
+
+    same = load_settings(cfg, ["data.samples_per_shard=7", other])
+    path = Path(same.shards_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    made_with = manifest["source"]["data"]
+    default = next(k for k in made_with if _is_default(same.data, k))
+    path.write_text(json.dumps({**manifest, "source": {**manifest["source"],
+                                                       "data": {k: v for k, v in made_with.items() if k != default}}}))
+    assert shard(same)["splits"] == manifest["splits"]  # reused, not redone
+    path.write_text(json.dumps({**manifest, "source": {**manifest["source"], "data": {
+        k: v for k, v in made_with.items() if k != "samples_per_shard"}}}))
+    with pytest.raises(UserError, match=r"another data config \(differs in data.samples_per_shard\)"):
+        shard(same)
+
 
 # ---- one writer per output -------------------------------------------------------------------
 
